@@ -1,0 +1,213 @@
+"""The `compsearch` command line (also `python -m search`).
+
+Bad input prints one line and exits with status 2; nothing is written to Optuna or MLflow
+before the space, flags, profiles and backends have all been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from search.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    return Path(args.results_dir).resolve()
+
+
+def _storage(args: argparse.Namespace) -> str:
+    from search.driver import default_storage
+
+    return args.storage or default_storage(_results_dir(args))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from search.space import load_space
+
+    space = load_space(args.space, _results_dir(args) / "cache" / "models")
+    from search.tasks import TASKS
+
+    quality = TASKS[space.task_name].quality_name
+    q_layers = [t for t in space.techniques if t.name == "quantize"]
+    n_bits = len(space.technique_layers(q_layers[0])) if q_layers else 0
+    dims = space.dimension_lines()
+    print(f"{space.file}: valid")
+    print(f"  space {space.name!r} (hash {space.hash}), task {space.task_name} "
+          f"({', '.join(f'{k}={v}' for k, v in space.task_options.items())})")
+    print("  hardware: " + ", ".join(p.name + (" (objective)" if p.name == space.objective_profile else "")
+                                     for p in space.profiles))
+    print(f"  objectives: {quality} (max), latency_p50_ms on {space.objective_profile} (min), bytes (min)")
+    print(f"  constraint: {quality} drop against the fp32 baseline <= {space.max_quality_drop}")
+    timeout = f", timeout {space.timeout_s:.0f}s" if space.timeout_s else ""
+    print(f"  budget: {space.trials} trials{timeout}; sampler {space.sampler}")
+    print(f"  dimensions ({len(dims)}):")
+    for line in dims:
+        print(f"    {line}")
+    print(f"  bit-widths searched for {n_bits} layer(s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.driver import RunOptions, default_tracking_uri, run
+    from search.progress import front_table
+    from search.space import load_space
+    from search.units import parse_duration
+
+    results_dir = _results_dir(args)
+    space = load_space(args.space, results_dir / "cache" / "models")
+    timeout_s = space.timeout_s
+    if args.timeout is not None:
+        try:
+            timeout_s = parse_duration(args.timeout)
+        except ValueError as exc:
+            raise UserError(f"--timeout: {exc}") from None
+    trials = args.trials if args.trials is not None else space.trials
+    if trials < 1:
+        raise UserError(f"--trials must be >= 1, but got {trials}")
+    options = RunOptions(study=args.study or space.name, trials=trials, timeout_s=timeout_s,
+                         storage=_storage(args), tracking_uri=args.tracking_uri or default_tracking_uri(results_dir),
+                         results_dir=results_dir, seed=args.seed, quiet=args.quiet)
+    view = run(space, options)
+    if not args.quiet:
+        print()
+        print(front_table(view))
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
+        print(f"\nstudy {view.name!r}: {counts}. Details: compsearch show {view.name} --json; "
+              f"MLflow UI: mlflow ui --backend-store-uri {options.tracking_uri}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from search.driver import view_from_storage
+    from search.progress import front_table
+
+    view = view_from_storage(args.study, _storage(args))
+    if args.json:
+        json.dump(view.to_json(), sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print(f"study {view.name!r}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items())))
+        print(front_table(view))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.driver import view_from_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(args)
+    try:
+        names = optuna.get_all_study_names(storage=storage)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__})") from None
+    if not names:
+        print(f"no studies in {storage}")
+    for name in names:
+        view = view_from_storage(name, storage)
+        counts = view.counts()
+        print(f"{name}: {counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed, "
+              f"{counts.get('RUNNING', 0)} running, front {len(view.pareto_numbers())} point(s)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from search.driver import view_from_storage
+    from search.export_card import export_trial
+
+    view = view_from_storage(args.study, _storage(args))
+    out = export_trial(view, args.trial, Path(args.out))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from search.bench import bench_artifact
+
+    result = bench_artifact(Path(args.artifact), args.hardware)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        lat = result["latency"]
+        print(f"{args.artifact} on {args.hardware}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, "
+              f"p99 {lat['p99_ms']:.4f} ms over {lat['queries']} queries; {result['bytes']} bytes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compsearch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--results-dir", default="results", help="where runs write (default: results)")
+        p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS_DIR/optuna.db)")
+
+    p = sub.add_parser("run", help="run or resume a search over a space")
+    p.add_argument("space", help="path to a space YAML file, e.g. spaces/digits.yaml")
+    p.add_argument("--study", help="study name (default: the space's name); the same name resumes")
+    p.add_argument("--trials", type=int, help="trial budget for the whole study (default: the space's budget)")
+    p.add_argument("--timeout", help="stop starting new trials after this long, e.g. 30m, 8h")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a space without running it")
+    p.add_argument("space")
+    p.add_argument("--results-dir", default="results")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("show", help="print a study (its Pareto front, or everything with --json)")
+    p.add_argument("study")
+    p.add_argument("--json", action="store_true", help="machine-readable: trials, front, baseline")
+    common(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("status", help="studies in the storage with their progress")
+    common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write one trial's deployable artifact and a model card")
+    p.add_argument("study")
+    p.add_argument("--trial", type=int, required=True)
+    p.add_argument("--out", required=True, help="path of the .onnx file to write")
+    common(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="measure any ONNX file on a hardware profile")
+    p.add_argument("artifact")
+    p.add_argument("--hardware", required=True, help="profile name, e.g. ort-cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"compsearch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `compsearch show ... | head`
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # noqa: BLE001 - a traceback is for developers, on request
+        if os.environ.get("COMPSEARCH_DEBUG"):
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"compsearch: failed: {type(exc).__name__}: {first} (set COMPSEARCH_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,96 @@
+"""PyTorch -> ONNX export, and the Artifact record of what was exported.
+
+Export is FP32 through torch's dynamo exporter; reduced precision is applied afterwards on
+the ONNX graph with ONNX Runtime's own tools (PyTorch-side Q/DQ does not survive the dynamo
+exporter reliably).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from hardware.sizes import artifact_bytes, compressed_bytes
+
+OPSET = 21  # >= 21 for standard int4 QuantizeLinear/DequantizeLinear
+
+
+@dataclass
+class Artifact:
+    """A deployable ONNX model on disk plus what each compressible layer became.
+
+    `layer_nodes` maps a PyTorch layer name to the ONNX node that consumes its weight, which
+    is how quantization picks nodes and how backends report the kernel each layer ran on.
+    """
+
+    path: Path
+    layer_nodes: dict[str, str]
+    layers: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> int:
+        return artifact_bytes(self.path)
+
+    def bytes_compressed(self) -> int:
+        return compressed_bytes(self.path)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    # The exporter chats on stdout, logging and warnings; a search log has no room for it.
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, old, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    out_path: Path,
+    dynamic_shapes: tuple | None = None,
+    output_names: list[str] | None = None,
+) -> Artifact:
+    """Export `model` in eval mode to `out_path` (single file, no external data)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    if dynamic_shapes is None:
+        dynamic_shapes = tuple({0: torch.export.Dim("batch", min=1, max=4096)} for _ in example_inputs)
+    with _quiet_exporter(), torch.no_grad():
+        torch.onnx.export(
+            model, example_inputs, str(out_path),
+            input_names=input_names, output_names=output_names or ["output"],
+            dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
+        )
+    return Artifact(path=out_path, layer_nodes=map_layer_nodes(onnx.load(str(out_path)), model))
+
+
+def map_layer_nodes(proto: onnx.ModelProto, model: nn.Module) -> dict[str, str]:
+    """Find, for each Linear/Conv layer, the ONNX node that takes `<layer>.weight` as input."""
+    consumers: dict[str, str] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, node.name)
+    mapping = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            node = consumers.get(f"{name}.weight")
+            if node is not None:
+                mapping[name] = node
+    return mapping

@@ -1,0 +1,82 @@
+"""Terminal progress: one line per trial with elapsed time and ETA, and the final front."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from search.study_view import StudyView
+from search.units import format_bytes, format_duration
+
+
+class Progress:
+    def __init__(self, total: int, done_before: int, quiet: bool, timeout_s: float | None, quality_name: str):
+        self.total, self.done_before, self.quiet = total, done_before, quiet
+        self.timeout_s, self.quality_name = timeout_s, quality_name
+        self.started = time.monotonic()
+        self.done_now = 0
+        self.planned = 0
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def start(self, study: str, planned: int) -> None:
+        self.started = time.monotonic()
+        self.planned = planned
+        resumed = f", resuming after {self.done_before} finished" if self.done_before else ""
+        limit = f", stopping new trials after {format_duration(self.timeout_s)}" if self.timeout_s else ""
+        self.say(f"study {study!r}: {planned} trial(s) to run of a budget of {self.total}{resumed}{limit}")
+
+    def trial_done(self, view: StudyView, number: int) -> None:
+        self.done_now += 1
+        elapsed = time.monotonic() - self.started
+        left = self.planned - self.done_now
+        eta = elapsed / self.done_now * left
+        if self.timeout_s is not None:
+            eta = min(eta, max(0.0, self.timeout_s - elapsed))
+        t = next(t for t in view.trials if t.number == number)
+        n = self.done_before + self.done_now
+        if t.state == "COMPLETE" and t.values:
+            q, lat, size = t.values.values()
+            mark = "" if t.feasible else "  (infeasible: quality drop over the limit)"
+            what = f"{self.quality_name} {q:.4f}  p50 {lat:.4f} ms  {format_bytes(size)}{mark}"
+        else:
+            what = f"{t.state}: {t.failure_reason or 'no reason recorded'}"
+        label = "baseline" if t.baseline else t.summary
+        self.say(f"[{n:>{len(str(self.total))}}/{self.total}] trial {number} {t.state.lower()}  {what}  "
+                 f"| {label} | elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}")
+
+
+def front_table(view: StudyView) -> str:
+    """The Pareto front as a text table with ratios against the baseline."""
+    rows = view.front_rows()
+    quality = view.objective_names[0]
+    if not rows:
+        return "Pareto front: empty (no completed trial satisfies the quality constraint)"
+    header = ["trial", quality, "change", "p50 ms", "x faster", "bytes", "x smaller", "recipe"]
+    lines: list[list[str]] = []
+    for r in rows:
+        lines.append([
+            str(r["trial"]), f"{r[quality]:.4f}", _signed(r.get("quality_change")), f"{r['latency_p50_ms']:.4f}",
+            _ratio(r.get("x_faster")), format_bytes(r["bytes"]), _ratio(r.get("x_smaller")), r["recipe"],
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if i in (len(header) - 1,) else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [f"Pareto front ({len(rows)} point(s), feasible trials only; ratios against the fp32 baseline):",
+           fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def _ratio(x: Any) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _signed(x: Any) -> str:
+    return "-" if x is None else f"{x:+.4f}"
+
+
+def stream_is_tty() -> bool:
+    return sys.stdout.isatty()

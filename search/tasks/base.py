@@ -1,0 +1,79 @@
+"""The Task contract: a model, its data, and how its quality is measured.
+
+A task builds its (trained) PyTorch model, gives example inputs for export, calibration
+inputs for quantization, and evaluates quality through a `predict` function that a backend
+supplies. Quality is therefore always computed from the backend's own outputs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.layers import LayerInfo, discover_layers
+from search.params import Rule
+
+Feeds = dict[str, np.ndarray]
+Predict = Callable[[Feeds], np.ndarray]
+
+
+class Task(ABC):
+    """Subclasses set the class attributes and implement the abstract methods.
+
+    `options` holds the values of the task's OPTIONS rules, parsed from the space's
+    `task.options`; `cache_dir` is where trained models may be cached.
+    """
+
+    name: ClassVar[str]
+    quality_name: ClassVar[str] = "accuracy"
+    OPTIONS: ClassVar[dict[str, Rule]] = {}
+    input_names: list[str] = ["x"]
+    output_names: list[str] = ["output"]
+
+    def __init__(self, options: dict[str, Any], cache_dir: Path):
+        self.options = options
+        self.cache_dir = cache_dir
+
+    @abstractmethod
+    def build_model(self, trained: bool = True) -> nn.Module:
+        """The uncompressed model; trained (or loaded from cache) unless `trained=False`."""
+
+    @abstractmethod
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """Inputs used to trace the model for export (batch of 1)."""
+
+    @abstractmethod
+    def calibration_feeds(self) -> list[Feeds]:
+        """Batches from the calibration split, never from the evaluation split."""
+
+    @abstractmethod
+    def query_feeds(self, batch_size: int) -> Feeds:
+        """One query of `batch_size` samples for latency measurement."""
+
+    @abstractmethod
+    def evaluate(self, predict: Predict) -> float:
+        """Quality (higher is better) of `predict` on the evaluation split."""
+
+    @abstractmethod
+    def train_batches(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
+        """(inputs, labels or None) batches from the training split, for distillation and QAT."""
+
+    def task_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The supervised loss used beside distillation when the task has labels."""
+        return nn.functional.cross_entropy(outputs, labels)
+
+    def dynamic_shapes(self) -> tuple | None:
+        """Dynamic dimensions for export; None means the batch dimension of every input."""
+        return None
+
+    def layers(self) -> list[LayerInfo]:
+        return discover_layers(self.build_model(trained=False))
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.options.items())})"

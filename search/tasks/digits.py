@@ -1,0 +1,117 @@
+"""Handwritten digits (scikit-learn's bundled 8x8 images) with a small MLP.
+
+Fixed split from a seeded permutation: 1,197 train / 200 calibration / 400 test. The
+model is trained once and cached under `cache_dir`, keyed by a hash of everything that
+changes its weights, so a second run reuses it and a changed recipe retrains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.params import Rule
+from search.tasks.base import Feeds, Predict, Task
+
+_SPLIT_SEED = 20261127
+N_CALIBRATION, N_TEST = 200, 400
+
+
+class DigitsMLP(nn.Module):
+    def __init__(self, hidden: tuple[int, ...]):
+        super().__init__()
+        sizes = (64, *hidden)
+        blocks: list[nn.Module] = []
+        for a, b in zip(sizes, sizes[1:], strict=False):
+            blocks += [nn.Linear(a, b), nn.ReLU()]
+        blocks.append(nn.Linear(sizes[-1], 10))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class DigitsTask(Task):
+    name = "digits"
+    quality_name = "accuracy"
+    input_names = ["x"]
+    output_names = ["logits"]
+    OPTIONS = {
+        "hidden": Rule("int", default=256, minimum=4, maximum=4096, searchable=False,
+                       help="width of the first hidden layer; the second is half of it"),
+        "epochs": Rule("int", default=60, minimum=1, maximum=1000, searchable=False),
+        "seed": Rule("int", default=0, minimum=0, searchable=False),
+    }
+
+    @cached_property
+    def _splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        x = (data.data / 16.0).astype(np.float32)
+        y = data.target.astype(np.int64)
+        order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
+        test, calib, train = np.split(order, [N_TEST, N_TEST + N_CALIBRATION])
+        return {"train": (x[train], y[train]), "calibration": (x[calib], y[calib]), "test": (x[test], y[test])}
+
+    def _hidden(self) -> tuple[int, ...]:
+        h = int(self.options.get("hidden", 256))
+        return (h, max(2, h // 2))
+
+    def training_key(self) -> str:
+        recipe = {"task": self.name, "hidden": self._hidden(), "epochs": self.options.get("epochs", 60),
+                  "seed": self.options.get("seed", 0), "split": _SPLIT_SEED, "version": 1}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+    def build_model(self, trained: bool = True) -> nn.Module:
+        model = DigitsMLP(self._hidden())
+        if not trained:
+            return model.eval()
+        path = self.cache_dir / f"digits-{self.training_key()}.pt"
+        if path.exists():
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+        self._train(model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)  # atomic: a parallel worker never reads half a file
+        return model.eval()
+
+    def _train(self, model: nn.Module) -> None:
+        torch.manual_seed(int(self.options.get("seed", 0)))
+        x, y = (torch.from_numpy(a) for a in self._splits["train"])
+        opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
+        model.train()
+        for _ in range(int(self.options.get("epochs", 60))):
+            perm = torch.randperm(len(x))
+            for i in range(0, len(x), 64):
+                idx = perm[i:i + 64]
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+        model.eval()
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (torch.from_numpy(self._splits["test"][0][:1]),)
+
+    def calibration_feeds(self) -> list[Feeds]:
+        x = self._splits["calibration"][0]
+        return [{"x": x[i:i + 50]} for i in range(0, len(x), 50)]
+
+    def query_feeds(self, batch_size: int) -> Feeds:
+        return {"x": self._splits["test"][0][:batch_size]}
+
+    def evaluate(self, predict: Predict) -> float:
+        x, y = self._splits["test"]
+        logits = np.concatenate([predict({"x": x[i:i + 100]}) for i in range(0, len(x), 100)])
+        return float((logits.argmax(axis=1) == y).mean())
+
+    def train_batches(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
+        x, y = (torch.from_numpy(a) for a in self._splits["train"])
+        return [((x[i:i + 64],), y[i:i + 64]) for i in range(0, len(x), 64)]

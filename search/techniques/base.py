@@ -1,0 +1,49 @@
+"""The technique contract.
+
+A technique is a config dataclass (in `search.recipe`'s registry) plus:
+  - `rules`: the YAML keys it accepts under `techniques.<name>` and what each allows,
+  - `sample(trial, dims, layers)`: build its config from an Optuna trial, or None to skip it,
+  - `stage`: "torch" (transforms an nn.Module before export: `apply(model, config, ctx)`)
+    or "onnx" (transforms the exported artifact), and the apply function for that stage.
+A technique never sees Optuna beyond `sample`, and never sees MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from search.params import Rule
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from search.tasks.base import Task
+
+# The fixed pipeline order; a recipe that leaves a technique out skips it.
+ORDER = ("factorize", "prune", "distill", "share", "quantize")
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    stage: str
+    rules: dict[str, Rule]
+    sample: Callable[..., Any]
+    apply: Callable[..., Any]
+    # Keys that are settings rather than searched dimensions (layer patterns).
+    settings: dict[str, Rule] = field(default_factory=dict)
+    doc: str = ""
+
+
+
+@dataclass
+class Context:
+    """What torch-stage techniques may use besides the model: the uncompressed teacher and the
+    task's training data (for distillation and fine-tuning)."""
+
+    teacher: nn.Module
+    task: Task
+    seed: int = 0
+    keep_zeros: bool = False  # set when unstructured pruning ran: fine-tuning keeps its zeros
