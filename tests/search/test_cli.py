@@ -1,0 +1,43 @@
+"""The CLI contract for bad input: one line, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_validate_prints_dimensions_and_layer_count(capsys) -> None:
+    assert main(["validate", str(ROOT / "spaces" / "digits.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "prune.ratio" in out
+    assert "bit-widths searched for 3 layer(s)" in out
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_bad_space_is_one_line_exit_2_and_writes_nothing(command: str, tmp_path: Path, capsys) -> None:
+    space = tmp_path / "bad.yaml"
+    data = yaml.safe_load((ROOT / "spaces" / "digits.yaml").read_text())
+    data["techniques"]["prune"]["ratio"] = {"low": 0.9, "high": 0.1}
+    space.write_text(yaml.safe_dump(data))
+    results = tmp_path / "results"
+    args = [command, str(space), "--results-dir", str(results)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{space}: techniques.prune.ratio: low <= high must hold, but got (low=0.9, high=0.1)" in err
+    assert not results.exists() or not any(results.rglob("*.db"))
+
+
+def test_bad_flags_exit_2(tmp_path: Path, capsys) -> None:
+    space = str(ROOT / "spaces" / "digits.yaml")
+    assert main(["run", space, "--timeout", "soon", "--results-dir", str(tmp_path)]) == 2
+    assert "--timeout" in capsys.readouterr().err
+    assert main(["show", "nope", "--results-dir", str(tmp_path)]) == 2
+    assert "no Optuna storage at" in capsys.readouterr().err
+    assert not (tmp_path / "optuna.db").exists()

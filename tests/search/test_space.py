@@ -1,0 +1,104 @@
+"""The space loader: every class of bad input gives one SpaceError naming file and key path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.errors import SpaceError
+from search.space import load_space
+
+SPACES = sorted(Path(__file__).resolve().parents[2].joinpath("spaces").glob("*.yaml"))
+
+VALID = {
+    "name": "t",
+    "task": {"name": "digits", "options": {"hidden": 32, "epochs": 2}},
+    "hardware": {"profiles": ["ort-cpu"], "objective": "ort-cpu"},
+    "constraints": {"max_quality_drop": 0.05},
+    "budget": {"trials": 3},
+    "techniques": {
+        "prune": {"structure": "structured", "ratio": {"low": 0.0, "high": 0.5, "step": 0.1}},
+        "quantize": {"layers": "net.*", "bits": ["fp32", "int8"]},
+    },
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def load(tmp_path: Path, data: object):
+    return load_space(write(tmp_path, data), tmp_path / "cache")
+
+
+def with_change(path: tuple, value: object) -> dict:
+    import copy
+
+    data = copy.deepcopy(VALID)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("space", SPACES, ids=[p.name for p in SPACES])
+def test_every_shipped_space_validates(space: Path, tmp_path: Path) -> None:
+    assert load_space(space, tmp_path).techniques
+
+
+def test_valid_space_counts_layers(tmp_path: Path) -> None:
+    space = load(tmp_path, VALID)
+    quant = next(t for t in space.techniques if t.name == "quantize")
+    assert [layer.name for layer in space.technique_layers(quant)] == ["net.0", "net.2", "net.4"]
+    assert space.trials == 3 and space.objective_profile == "ort-cpu"
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "fragment"),
+    [
+        ((("techniqes",), {}), "techniqes", "did you mean 'techniques'"),  # unknown top-level key
+        ((("techniques", "prune", "ratoi"), 0.1), "techniques.prune.ratoi", "did you mean 'ratio'"),
+        ((("techniques", "prune", "ratio"), "high"), "techniques.prune.ratio", "a number in [0.0, 1.0)"),
+        ((("techniques", "prune", "ratio"), {"low": 0.8, "high": 0.2}), "techniques.prune.ratio",
+         "low <= high must hold, but got (low=0.8, high=0.2)"),
+        ((("techniques", "prune", "ratio"), 1.0), "techniques.prune.ratio", "but got 1.0"),
+        ((("techniques", "quantize", "bits"), ["fp32", "int3"]), "techniques.quantize.bits[1]", "'int3'"),
+        ((("techniques", "quantise"), {}), "techniques.quantise", "did you mean 'quantize'"),
+        ((("hardware", "profiles"), ["ort-cpx"]), "hardware.profiles[0]", "did you mean 'ort-cpu'"),
+        ((("hardware", "objective"), "gpu"), "hardware.objective", "listed profiles"),
+        ((("task", "name"), "digitz"), "task.name", "did you mean 'digits'"),
+        ((("budget", "trials"), 0), "budget.trials", "integer >= 1"),
+        ((("budget", "timeout"), "8 hours"), "budget.timeout", "30m"),
+        ((("constraints", "max_quality_drop"), "small"), "constraints.max_quality_drop", "number >= 0"),
+        ((("techniques", "quantize", "layers"), "encoder.*"), "techniques.quantize.layers", "matches no layer"),
+    ],
+)
+def test_bad_input_names_file_key_and_values(tmp_path: Path, change, key, fragment) -> None:
+    path, value = change
+    with pytest.raises(SpaceError) as info:
+        load(tmp_path, with_change(path, value))
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "space.yaml") + ": " + key), message
+    assert fragment in message, message
+    assert "\n" not in message
+
+
+def test_bad_yaml_syntax_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match=r"space.yaml: is not valid YAML at line \d+, column \d+: expected "):
+        load(tmp_path, "name: t\ntask:\n  name: [digits\n")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="no such file"):
+        load_space(tmp_path / "nope.yaml", tmp_path)
+
+
+def test_space_hash_ignores_budget_but_not_dimensions(tmp_path: Path) -> None:
+    base = load(tmp_path, VALID).hash
+    assert load(tmp_path, with_change(("budget", "trials"), 50)).hash == base
+    assert load(tmp_path, with_change(("techniques", "quantize", "bits"), ["int8"])).hash != base

@@ -1,0 +1,124 @@
+"""`compsearch run` end to end on real Optuna and MLflow SQLite stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from search.cli import main
+
+SPACE = {
+    "name": "e2e",
+    "task": {"name": "digits", "options": {"hidden": 32, "epochs": 8}},
+    "hardware": {"profiles": ["ort-cpu"]},
+    "constraints": {"max_quality_drop": 0.05},
+    "budget": {"trials": 4},
+    "techniques": {
+        "prune": {"structure": "structured", "ratio": {"low": 0.0, "high": 0.6, "step": 0.1}},
+        "quantize": {"bits": ["fp32", "int8"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    space = root / "e2e.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    results = root / "results"
+    assert main(["run", str(space), "--results-dir", str(results), "--seed", "0", "--quiet"]) == 0
+    return space, results
+
+
+def show_json(results: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert main(["show", "e2e", "--json", "--results-dir", str(results)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def mlflow_children(results: Path) -> dict[int, object]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("compsearch.role") == "study"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return {int(r.data.tags["compsearch.trial"]): r for r in children}
+
+
+@pytest.mark.slow
+def test_run_writes_trials_and_matching_mlflow_children(finished, capsys) -> None:
+    _, results = finished
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{results / 'optuna.db'}")
+    trials = study.get_trials()
+    assert len(trials) == 4
+    assert trials[0].user_attrs["baseline"] is True
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all("quality_drop" in t.constraints for t in trials)  # set on every trial
+
+    children = mlflow_children(results)
+    assert sorted(children) == [t.number for t in trials]
+    for t in trials:
+        run = children[t.number]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["accuracy"] == pytest.approx(t.values[0])
+        assert run.data.metrics["ort-cpu.latency_p50_ms"] == pytest.approx(t.values[1])
+
+    shown = show_json(results, capsys)
+    assert [t["number"] for t in shown["trials"]] == [0, 1, 2, 3]
+    assert shown["baseline"]["trial"] == 0
+    assert shown["pareto"] and set(shown["pareto"]) <= {0, 1, 2, 3}
+    for number in shown["pareto"]:
+        assert children[number].data.tags["pareto"] == "true"
+    for t in shown["trials"]:
+        assert set(t) >= {"number", "state", "recipe", "values", "metrics", "failure_reason", "feasible"}
+        assert t["values"]["bytes"] == t["metrics"]["ort-cpu"]["bytes"]
+    front = {row["trial"]: row for row in shown["front"]}
+    base = shown["baseline"]["values"]
+    for number, row in front.items():
+        assert row["x_smaller"] == pytest.approx(base["bytes"] / row["bytes"])
+
+
+@pytest.mark.slow
+def test_rerun_resumes_without_a_second_baseline(finished, capsys) -> None:
+    space, results = finished
+    assert main(["run", str(space), "--results-dir", str(results), "--trials", "5", "--quiet"]) == 0
+    shown = show_json(results, capsys)
+    assert [t["number"] for t in shown["trials"]] == [0, 1, 2, 3, 4]
+    assert sum(t["baseline"] for t in shown["trials"]) == 1
+    assert sorted(mlflow_children(results)) == [0, 1, 2, 3, 4]
+    # The budget is for the whole study: asking again for 5 runs nothing.
+    assert main(["run", str(space), "--results-dir", str(results), "--trials", "5", "--quiet"]) == 0
+    assert len(show_json(results, capsys)["trials"]) == 5
+
+
+@pytest.mark.slow
+def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, capsys, monkeypatch) -> None:
+    import search.driver as driver
+
+    real = driver.build_artifact
+    calls = {"n": 0}
+
+    def flaky(model, recipe, task, workdir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("export exploded on purpose")
+        return real(model, recipe, task, workdir)
+
+    monkeypatch.setattr(driver, "build_artifact", flaky)
+    space = tmp_path / "e2e.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    assert main(["run", str(space), "--results-dir", str(tmp_path / "r"), "--trials", "3", "--quiet"]) == 0
+    shown = show_json(tmp_path / "r", capsys)
+    states = [t["state"] for t in shown["trials"]]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert shown["trials"][1]["failure_reason"] == "RuntimeError: export exploded on purpose"
+    children = mlflow_children(tmp_path / "r")
+    assert children[1].info.status == "FAILED"
+    assert children[1].data.tags["failure_reason"] == "RuntimeError: export exploded on purpose"
