@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from functools import lru_cache
 from importlib import metadata
 
+from hardware.agent import base_environment, cpu_model
 
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+__all__ = ["cpu_model", "environment", "version"]
 
 
-def _version(dist: str) -> str:
+def version(dist: str) -> str:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -30,13 +20,6 @@ def _version(dist: str) -> str:
 @lru_cache(maxsize=1)
 def environment() -> dict[str, str]:
     ort_dist = next((d for d in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
-                     if _version(d) != "not installed"), "onnxruntime")
-    return {
-        "cpu": cpu_model(),
-        "cores": str(os.cpu_count()),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": _version(ort_dist),
-        "torch": _version("torch"),
-        "onnx": _version("onnx"),
-    }
+                     if version(d) != "not installed"), "onnxruntime")
+    return {**base_environment(), "onnxruntime": version(ort_dist), "torch": version("torch"),
+            "onnx": version("onnx")}

@@ -1,8 +1,17 @@
-"""A host-wide measurement lock.
+"""The host-wide measurement lock.
 
 Timing taken while anything else computes on the host is wrong, and not only in absolute
-terms (ratios between candidates flip). Every worker on a host takes this lock around its
-latency loop, so compression may run in parallel but timing never overlaps.
+terms (ratios between candidates flip). Two sides share one lock file per host:
+
+- a measurement holds it exclusively around warm-up and timing (`measurement_lock`; the
+  measuring process in `hardware.agent` takes it itself);
+- compression work (building an artifact, evaluating quality) holds it shared
+  (`compute_slot`), so any number of workers compress in parallel, but a measurement
+  waits for the running slots to end and no new slot starts until it is done.
+
+A turnstile file gives the waiting measurement priority over new slots (flock has no
+writer preference). Locks die with their holder, so a killed worker never wedges the host.
+`COMPSEARCH_MEASURE_LOCK` names the lock file; `none` turns locking off (for comparisons).
 """
 
 from __future__ import annotations
@@ -14,17 +23,52 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from hardware import agent
 
-def lock_path() -> Path:
-    return Path(os.environ.get("COMPSEARCH_MEASURE_LOCK", Path(tempfile.gettempdir()) / "compsearch-measure.lock"))
+
+def lock_path() -> Path | None:
+    value = os.environ.get("COMPSEARCH_MEASURE_LOCK", str(Path(tempfile.gettempdir()) / "compsearch-measure.lock"))
+    return None if value.lower() == "none" else Path(value)
 
 
 @contextlib.contextmanager
 def measurement_lock() -> Iterator[None]:
+    """Exclusive: nothing else of ours computes or times on this host meanwhile."""
     path = lock_path()
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released by the kernel if the holder dies
+    with agent.measurement_lock(str(path) if path else None):
+        yield
+
+
+_slot_depth = 0  # compute slots this process holds (nested ones share the outer lock)
+
+
+def holding_compute_slot() -> bool:
+    return _slot_depth > 0
+
+
+@contextlib.contextmanager
+def compute_slot() -> Iterator[None]:
+    """Shared: compression work runs beside other compression work, never beside timing.
+
+    Re-entrant within a process; a timing started while this process holds a slot would wait
+    for itself, so `hardware.isolated` refuses it (see `holding_compute_slot`).
+    """
+    global _slot_depth
+    path = lock_path()
+    if path is None or _slot_depth:
+        _slot_depth += 1
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            _slot_depth -= 1
+        return
+    with open(str(path) + ".turn", "a+") as turn, open(path, "a+") as main:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # wait behind a measurement that is waiting or running
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        fcntl.flock(main, fcntl.LOCK_SH)
+        _slot_depth += 1
+        try:
+            yield
+        finally:
+            _slot_depth -= 1
+            fcntl.flock(main, fcntl.LOCK_UN)

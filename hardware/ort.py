@@ -1,9 +1,13 @@
-"""ONNX Runtime backend: one execution provider per profile, no silent fallback."""
+"""ONNX Runtime backend: one execution provider per profile, no silent fallback.
+
+Quality comes from a session built in this process exactly as the profile says (same
+provider, threads and optimisation level as the timed one); latency, session creation,
+first run and peak memory come from a fresh agent process (`hardware.isolated`).
+"""
 
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,32 +15,27 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from hardware.base import Backend, Feeds, Measurement, Prepared, Profile
+from hardware import agent
+from hardware.base import Backend, Feeds, Measurement, MeasureSettings, Prepared, Profile, Timing
 from hardware.environment import environment
-from hardware.lock import measurement_lock
+from hardware.isolated import MeasurementError, time_onnx
+from hardware.lock import compute_slot
 from hardware.sizes import artifact_bytes, compressed_bytes
-from hardware.timing import time_queries
 from search.errors import UserError
-
-_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 # Which distribution brings which provider, for the "not installed" message.
 _PROVIDER_PACKAGES = {
-    "CUDAExecutionProvider": "onnxruntime-gpu",
-    "TensorrtExecutionProvider": "onnxruntime-gpu (with TensorRT libraries)",
-    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "CUDAExecutionProvider": "onnxruntime-gpu in place of onnxruntime",
+    "TensorrtExecutionProvider": "onnxruntime-gpu in place of onnxruntime, with the TensorRT libraries",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino in place of onnxruntime",
 }
 
 
 class OrtPrepared(Prepared):
-    def __init__(self, session: ort.InferenceSession, kernels: dict[str, str]):
+    def __init__(self, session: ort.InferenceSession, kernels: dict[str, str], placement: dict):
         self.session = session
         self._kernels = kernels
+        self.placement = placement
 
     def run(self, feeds: Feeds) -> np.ndarray:
         return self.session.run(None, feeds)[0]
@@ -55,47 +54,36 @@ class OrtBackend(Backend):
                 f"{profile.source}: provider: {profile.provider} is not available in the installed onnxruntime "
                 f"(available: {', '.join(available)}); install {package}")
 
-    def _session_options(self, optimized_path: Path | None) -> ort.SessionOptions:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.profile.threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = _OPT_LEVELS[self.profile.graph_optimization]
-        so.log_severity_level = 3
-        if optimized_path is not None:
-            so.optimized_model_filepath = str(optimized_path)
-        return so
-
     def prepare(self, model_path: Path, layer_nodes: dict[str, str]) -> OrtPrepared:
         with tempfile.TemporaryDirectory(prefix="compsearch-ort-") as tmp:
             optimized = Path(tmp) / "optimized.onnx"
-            session = ort.InferenceSession(
-                str(model_path), self._session_options(optimized),
-                providers=[(self.profile.provider, self.profile.options)] if self.profile.options
-                else [self.profile.provider])
-            if session.get_providers()[0] != self.profile.provider:
-                raise UserError(f"{self.profile.source}: session runs on {session.get_providers()[0]}, "
-                                f"not {self.profile.provider}; refusing to measure a silent fallback")
+            session = agent.ort_session(str(model_path), self.profile.provider, self.profile.options,
+                                        self.profile.threads, self.profile.graph_optimization, str(optimized))
+            try:
+                placement = agent.check_placement(session, self.profile.provider)
+            except agent.PlacementError as exc:
+                raise MeasurementError(f"{self.profile.name}: {exc}; refusing to measure a silent fallback") from None
             kernels = _layer_kernels(onnx.load(str(optimized)), layer_nodes) if optimized.exists() else {}
-        return OrtPrepared(session, kernels)
+        return OrtPrepared(session, kernels, placement)
+
+    def time(self, model_path: Path, query: Feeds, settings: MeasureSettings | None = None) -> Timing:
+        return time_onnx(model_path, self.profile, query, settings or self.profile.measure)
 
     def measure(self, model_path: Path, layer_nodes: dict[str, str],
                 evaluate: Callable[[Callable[[Feeds], np.ndarray]], float], query: Feeds) -> Measurement:
-        t0 = time.perf_counter()
-        prepared = self.prepare(model_path, layer_nodes)
-        session_init_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        prepared.run(query)
-        first_run_ms = (time.perf_counter() - t0) * 1e3
-        quality = float(evaluate(prepared.run))
-        with measurement_lock():
-            latency = time_queries(lambda: prepared.session.run(None, query), self.profile.measure)
-        env = dict(environment())
-        env.update(provider=self.profile.provider, threads=str(self.profile.threads),
-                   batch_size=str(self.profile.batch_size), graph_optimization=self.profile.graph_optimization)
+        with compute_slot():  # evaluation is compute: it must not overlap another worker's timing
+            prepared = self.prepare(model_path, layer_nodes)
+            quality = float(evaluate(prepared.run))
+            kernels = prepared.kernels()
+        del prepared  # free the session's threads before the timed process starts
+        timing = self.time(model_path, query)
+        env = {**environment(), **timing.environment, "quality_from": "onnxruntime " + self.profile.provider}
         return Measurement(
-            profile=self.profile.name, quality=quality, latency=latency,
+            profile=self.profile.name, quality=quality, latency=timing.latency,
             bytes=artifact_bytes(model_path), bytes_compressed=compressed_bytes(model_path),
-            session_init_s=session_init_s, first_run_ms=first_run_ms, kernels=prepared.kernels(), environment=env)
+            session_init_s=timing.session_init_s, first_run_ms=timing.first_run_ms,
+            kernels=kernels, environment=env,
+            peak_rss_mb=timing.peak_rss_mb, host=timing.host)
 
 
 def _layer_kernels(optimized: onnx.ModelProto, layer_nodes: dict[str, str]) -> dict[str, str]:
@@ -108,8 +96,12 @@ def _layer_kernels(optimized: onnx.ModelProto, layer_nodes: dict[str, str]) -> d
     out = {}
     for layer, node_name in layer_nodes.items():
         node = by_name.get(node_name)
-        if node is None:
-            node = next((n for n in optimized.graph.node if n.name.startswith(node_name)), None)
+        if node is None:  # fusions rename, e.g. Gemm+Relu -> "fused node_linear_1"
+            node = next((n for n in optimized.graph.node if node_name in n.name.split()), None)
+        if node is None:  # or invent names ("node_conv2d_token_1"): find the op that consumes the weight
+            weight = f"{layer}.weight"
+            node = next((n for n in optimized.graph.node
+                         if any(i == weight or i.startswith(weight + "_") for i in n.input)), None)
         if node is not None:
             out[layer] = f"{node.domain + '.' if node.domain else ''}{node.op_type}"
     return out

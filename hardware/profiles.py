@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,17 +15,38 @@ from search.errors import SpaceError, UserError, allowed_list, did_you_mean, one
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 # backend name -> "module:Class", imported only when a profile needs it.
-BACKENDS = {"onnxruntime": "hardware.ort:OrtBackend"}
+BACKENDS = {
+    "onnxruntime": "hardware.ort:OrtBackend",
+    "torch": "hardware.torch_backend:TorchBackend",
+    "estimate": "hardware.estimate:EstimateBackend",
+}
 
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def profile_dirs() -> list[Path]:
+    """Directories searched for profiles: COMPSEARCH_PROFILE_PATH (os.pathsep-separated, first wins),
+    then the built-in hardware/profiles/. Users add their own targets without editing the package."""
+    extra = [Path(p) for p in os.environ.get("COMPSEARCH_PROFILE_PATH", "").split(os.pathsep) if p]
+    return [*extra, PROFILE_DIR]
 
 
 def available_profiles() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(PROFILE_DIR.glob("*.yaml"))}
+    found: dict[str, Path] = {}
+    for directory in profile_dirs():
+        for p in sorted(directory.glob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return dict(sorted(found.items()))
 
 
-def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles") -> Profile:
-    """Load and validate the profile called `name`; `where`/`key` say who asked, for errors."""
+def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles", check: bool = True) -> Profile:
+    """Load and validate the profile called `name`; `where`/`key` say who asked, for errors.
+
+    With `check`, also ask its backend whether it can run here (imports that runtime), so
+    `compsearch validate` rejects a CUDA profile on a CPU-only install with one line.
+    """
     profiles = available_profiles()
     if name not in profiles:
         raise SpaceError(where or "<profile>", key,
@@ -62,12 +84,34 @@ def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles") 
             raise SpaceError(file, f"measure.{k}", f"unknown key; allowed: {allowed_list(measure_fields)}", k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise SpaceError(file, f"measure.{k}", "must be a number >= 0", v)
-    return Profile(
+        if k == "confidence" and not 0 < v < 1:
+            raise SpaceError(file, "measure.confidence", "must be between 0 and 1 (e.g. 0.95)", v)
+        if k in ("max_attempts", "remeasure_factor") and v < 1:
+            raise SpaceError(file, f"measure.{k}", "must be >= 1", v)
+    device, precision = raw.get("device", "cpu"), raw.get("precision", "fp32")
+    if device not in DEVICES:
+        raise SpaceError(file, "device", one_of(DEVICES, device), device)
+    if precision not in PRECISIONS:
+        raise SpaceError(file, "precision", one_of(PRECISIONS, precision), precision)
+    if not isinstance(raw.get("compile", False), bool):
+        raise SpaceError(file, "compile", "must be true or false", raw.get("compile"))
+    seq = raw.get("sequence_length", 0)
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise SpaceError(file, "sequence_length", "must be an integer >= 0 (0: not applicable)", seq)
+    for k in ("options", "spec"):
+        if not isinstance(raw.get(k) or {}, dict):
+            raise SpaceError(file, k, "must be a mapping", raw.get(k))
+    profile = Profile(
         name=name, backend=backend, description=str(raw.get("description", "")),
         provider=str(raw.get("provider", "CPUExecutionProvider")), threads=int(raw.get("threads", 1)),
         batch_size=int(raw.get("batch_size", 1)), graph_optimization=opt, options=dict(raw.get("options") or {}),
-        measure=MeasureSettings(**measure_raw), source=file,
+        measure=MeasureSettings(**{k: type(measure_fields[k].default)(v) for k, v in measure_raw.items()}),
+        source=file, device=device, precision=precision,
+        compile=bool(raw.get("compile", False)), sequence_length=seq, spec=dict(raw.get("spec") or {}),
     )
+    if check:
+        backend_class(profile).check_available(profile)
+    return profile
 
 
 def backend_class(profile: Profile) -> type[Backend]:

@@ -1,63 +1,97 @@
 """`compsearch bench`: latency and size of any ONNX file on a hardware profile.
 
 Without a task there is no quality to measure, so inputs are random data shaped from the
-model's declared inputs (dynamic dimensions: the profile's batch size, else 1).
+model's declared inputs (dynamic dimensions: the profile's batch size and sequence length).
+The timing is the search's own protocol: the agent (`hardware/agent.py`) in a fresh process,
+under the host-wide lock, contention recorded and re-timed.
+
+`--remote TEMPLATE` runs the agent elsewhere through a shell command template; compsearch
+copies nothing itself. Placeholders: {agent} (this install's agent.py), {model} (ARTIFACT as
+given), {name} (its file name) and {args} (the agent flags for the profile; appended at the
+end when the template has no {args}). Examples:
+    'python3 {agent} {model}'                              (this host, as a check)
+    'ssh board python3 /opt/compsearch/agent.py /data/{name}'
+    'adb shell /data/local/tmp/python3 /data/local/tmp/agent.py /data/local/tmp/{name}'
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
+import json
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
+from hardware import agent
+from hardware.base import Profile
 from hardware.environment import environment
-from hardware.lock import measurement_lock
+from hardware.isolated import MeasurementError, agent_argv, child_timeout_s, time_onnx
 from hardware.profiles import load_profile, make_backend
 from hardware.sizes import artifact_bytes, compressed_bytes
-from hardware.timing import time_queries
 from search.errors import UserError
 
-_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
-           onnx.TensorProto.FLOAT16: np.float16}
 
-
-def random_feeds(model: onnx.ModelProto, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    initializers = {i.name for i in model.graph.initializer}
-    feeds = {}
-    for inp in model.graph.input:
-        if inp.name in initializers:
-            continue
-        tensor = inp.type.tensor_type
-        dtype = _DTYPES.get(tensor.elem_type)
-        if dtype is None:
-            raise UserError(f"input {inp.name!r} has an element type bench cannot generate ({tensor.elem_type})")
-        shape = [d.dim_value if d.dim_value > 0 else (batch_size if i == 0 else 1)
-                 for i, d in enumerate(tensor.shape.dim)]
-        feeds[inp.name] = (rng.integers(0, 100, shape) if np.issubdtype(dtype, np.integer)
-                           else rng.standard_normal(shape)).astype(dtype)
-    return feeds
-
-
-def bench_artifact(path: Path, profile_name: str) -> dict[str, Any]:
+def _check_onnx(path: Path) -> None:
     if not path.exists():
         raise UserError(f"{path}: no such file")
-    profile = load_profile(profile_name, where="--hardware", key="profile")
-    backend = make_backend(profile)
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
-    feeds = random_feeds(model, profile.batch_size)
-    t0 = time.perf_counter()
-    prepared = backend.prepare(path, {})
-    init_s = time.perf_counter() - t0
-    with measurement_lock():
-        latency = time_queries(lambda: prepared.run(feeds), profile.measure)
-    return {"artifact": str(path), "profile": profile.name, "session_init_s": init_s, "latency": asdict(latency),
-            "bytes": artifact_bytes(path), "bytes_compressed": compressed_bytes(path),
-            "environment": {**environment(), "provider": profile.provider, "threads": str(profile.threads)}}
+
+
+def remote_command(template: str, path: Path, profile: Profile) -> str:
+    """The shell command for `template`: the agent's flags for `profile`, no lock, random inputs."""
+    flags = agent_argv(path, profile, profile.measure, feeds=None)[2:]  # drop the agent path and model
+    flags = [f for i, f in enumerate(flags) if f != "--lock" and (i == 0 or flags[i - 1] != "--lock")]
+    args = " ".join(shlex.quote(f) for f in flags)
+    fields = {"agent": shlex.quote(agent.__file__), "model": shlex.quote(str(path)), "name": shlex.quote(path.name),
+              "args": args}
+    try:
+        command = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--remote: unknown or malformed placeholder ({exc}); allowed: {{agent}}, {{model}}, "
+                        f"{{name}}, {{args}}") from None
+    return command if "{args}" in template else f"{command} {args}"
+
+
+def run_remote(command: str, timeout_s: float) -> dict[str, Any]:
+    try:
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise MeasurementError(f"remote agent timed out after {timeout_s:.0f}s: {command}") from None
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise MeasurementError(f"remote agent printed no JSON ({tail}): {command}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise MeasurementError(f"remote agent: {result['error']}")
+    return result
+
+
+def bench_artifact(path: Path, profile_name: str, remote: str | None = None) -> dict[str, Any]:
+    _check_onnx(path)
+    # A remote target's runtime is not this host's: check the profile, not its provider here.
+    profile = load_profile(profile_name, where="--hardware", key="profile", check=remote is None)
+    if profile.backend != "onnxruntime":
+        raise UserError(f"--hardware {profile_name}: bench measures ONNX files on onnxruntime profiles; "
+                        f"{profile.backend!r} profiles measure inside a search")
+    out: dict[str, Any] = {"artifact": str(path), "profile": profile.name, "remote": remote,
+                           "bytes": artifact_bytes(path), "bytes_compressed": compressed_bytes(path)}
+    if remote:
+        command = remote_command(remote, path, profile)
+        result = run_remote(command, child_timeout_s(profile.measure))
+        out.update(command=command, measured_model=result["model"], session_init_s=result["session_init_s"],
+                   first_run_ms=result["first_run_ms"],
+                   latency=result["latency"], host=result["host"], peak_rss_mb=result["peak_rss_mb"],
+                   placement=result.get("placement"), environment=result["environment"])
+        return out
+    make_backend(profile)
+    timing = time_onnx(path, profile, None, profile.measure)
+    out.update(session_init_s=timing.session_init_s, first_run_ms=timing.first_run_ms,
+               latency=timing.latency.__dict__, host=timing.host, peak_rss_mb=timing.peak_rss_mb,
+               environment={**environment(), **timing.environment})
+    return out

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import RunOptions, default_tracking_uri, run
     from search.progress import front_table
     from search.space import load_space
-    from search.units import parse_duration
+    from search.units import parse_duration, parse_size
 
     results_dir = _results_dir(args)
     space = load_space(args.space, results_dir / "cache" / "models")
@@ -71,11 +71,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     trials = args.trials if args.trials is not None else space.trials
     if trials < 1:
         raise UserError(f"--trials must be >= 1, but got {trials}")
+    trial_timeout_s, trial_memory = space.trial_timeout_s, space.trial_memory_bytes
+    try:
+        if args.trial_timeout is not None:
+            trial_timeout_s = parse_duration(args.trial_timeout)
+        if args.trial_memory is not None:
+            trial_memory = parse_size(args.trial_memory)
+    except ValueError as exc:
+        raise UserError(f"--trial-timeout/--trial-memory: {exc}") from None
     options = RunOptions(study=args.study or space.name, trials=trials, timeout_s=timeout_s,
                          storage=_storage(args), tracking_uri=args.tracking_uri or default_tracking_uri(results_dir),
-                         results_dir=results_dir, seed=args.seed, quiet=args.quiet)
+                         results_dir=results_dir, seed=args.seed, quiet=args.quiet, workers=args.workers,
+                         trial_timeout_s=trial_timeout_s, trial_memory_bytes=trial_memory,
+                         worker_index=args.worker_index, remeasure=not args.no_remeasure)
     view = run(space, options)
-    if not args.quiet:
+    if not args.quiet and args.worker_index is None:
         print()
         print(front_table(view))
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
@@ -101,21 +111,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
-    from search.driver import view_from_storage
+    from search.driver import require_existing_storage
+    from search.status import study_status
+    from search.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(args)
-    try:
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__})") from None
+    require_existing_storage(storage)
+    opened = open_storage(storage)
+    names = optuna.get_all_study_names(storage=opened)
     if not names:
         print(f"no studies in {storage}")
     for name in names:
-        view = view_from_storage(name, storage)
-        counts = view.counts()
-        print(f"{name}: {counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed, "
-              f"{counts.get('RUNNING', 0)} running, front {len(view.pareto_numbers())} point(s)")
+        print(study_status(optuna.load_study(study_name=name, storage=opened)))
     return 0
 
 
@@ -129,17 +137,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.driver import view_from_storage
+    from search.report import default_out_dir, write_report
+
+    if args.latency_budget is not None and not args.latency_budget > 0:
+        raise UserError(f"--latency-budget must be > 0 (milliseconds), but got {args.latency_budget}")
+    view = view_from_storage(args.study, _storage(args))
+    out = Path(args.out) if args.out else default_out_dir(_results_dir(args), view.name)
+    paths = write_report(view, out, args.latency_budget)
+    print(f"wrote {paths['html']} (open it in a browser), {paths['markdown'].name}, "
+          f"{paths['trials_csv'].name} and {paths['front_csv'].name}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from search.bench import bench_artifact
 
-    result = bench_artifact(Path(args.artifact), args.hardware)
+    result = bench_artifact(Path(args.artifact), args.hardware, remote=args.remote)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
-        lat = result["latency"]
-        print(f"{args.artifact} on {args.hardware}: p50 {lat['p50_ms']:.4f} ms, p90 {lat['p90_ms']:.4f} ms, "
-              f"p99 {lat['p99_ms']:.4f} ms over {lat['queries']} queries; {result['bytes']} bytes")
+        lat, host = result["latency"], result["host"]
+        where = f" via {result['command']}" if result.get("remote") else ""
+        print(f"{args.artifact} on {args.hardware}{where}: p50 {lat['p50_ms']:.4f} ms "
+              f"[{lat['ci_low_ms']:.4f}, {lat['ci_high_ms']:.4f}] ({lat['confidence']:.0%} CI), "
+              f"p90 {lat['p90_ms']:.4f} ms, p99 {lat['p99_ms']:.4f} ms over {lat['queries']} queries; "
+              f"{result['bytes']} bytes; peak {result['peak_rss_mb']:.0f} MB; "
+              f"{'CONTENDED' if host['contended'] else 'quiet'} host ({host['other_cpu_cores'] or 0:.2f} other "
+              f"cores busy, {host['attempts']} attempt(s))")
     return 0
 
 
@@ -159,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes on one storage (needs --storage postgresql://... or journal:PATH)")
+    p.add_argument("--trial-timeout", help="kill and fail a trial running longer than this, e.g. 10m")
+    p.add_argument("--trial-memory", help="kill and fail a trial whose process exceeds this memory, e.g. 4GB")
+    p.add_argument("--no-remeasure", action="store_true",
+                   help="skip re-timing the Pareto candidates with a longer run at the end")
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
     common(p)
     p.set_defaults(func=cmd_run)
 
@@ -184,10 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("report", help="write an HTML + Markdown + CSV report of a study for hardware teams")
+    p.add_argument("study")
+    p.add_argument("--out", help="output directory (default: RESULTS_DIR/reports/STUDY)")
+    p.add_argument("--latency-budget", type=float, metavar="MS",
+                   help="p50 budget in ms for the 'best quality within a latency budget' pick "
+                        "(default: the baseline's p50)")
+    common(p)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("bench", help="measure any ONNX file on a hardware profile")
     p.add_argument("artifact")
     p.add_argument("--hardware", required=True, help="profile name, e.g. ort-cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--remote", metavar="TEMPLATE",
+                   help="run the measuring agent through this shell command template, e.g. "
+                        "'ssh board python3 /opt/agent.py /data/{name}' ({agent}, {model}, {name}, {args})")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -3,15 +3,23 @@
 Objectives: quality (max), latency p50 on the objective profile (min), artifact bytes (min).
 Constraint (set on every completed trial, since Optuna counts a trial without constraint
 values as feasible): quality drop against the baseline minus the allowed drop, <= 0.
+
+The loop is ask/tell rather than `study.optimize` so that the budget is exact across
+workers and restarts (a trial is only asked for under the study's budget lock), a trial
+runs in an isolated child process (search/trial_runner.py), and a worker that died
+mid-trial is recognised and its trial retried once (search/recovery.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,19 +27,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hardware.base import Backend
 from hardware.environment import environment
 from hardware.profiles import make_backend
 from search.errors import UserError
 from search.progress import Progress
 from search.recipe import Recipe
+from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
 from search.space import SearchSpace
-from search.study_view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView, trial_view
-from search.tasks import TASKS, Task
-from search.techniques.pipeline import build_artifact
+from search.storage import open_storage, storage_takes_parallel_writers
+from search.study_view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
+from search.tasks import TASKS
 from search.tracking import Tracker
+from search.trial_runner import TrialFailure, TrialRunner
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -44,6 +54,11 @@ class RunOptions:
     results_dir: Path
     seed: int | None = None
     quiet: bool = False
+    workers: int = 1
+    trial_timeout_s: float | None = None
+    trial_memory_bytes: int | None = None
+    worker_index: int | None = None  # set in the processes that --workers launches
+    remeasure: bool = True  # re-time the Pareto candidates with a longer run at the end
 
 
 def default_storage(results_dir: Path) -> str:
@@ -65,24 +80,21 @@ def make_sampler(name: str, seed: int | None, budget: int) -> optuna.samplers.Ba
 
 def open_study(space: SearchSpace, options: RunOptions) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        existing = optuna.get_all_study_names(storage=options.storage)
-    except Exception as exc:  # noqa: BLE001 - any storage failure is the user's URL or server
-        raise UserError(f"--storage {options.storage}: cannot open ({type(exc).__name__}: {str(exc).splitlines()[0]})")\
-            from None
+    storage = open_storage(options.storage)
+    existing = optuna.get_all_study_names(storage=storage)
     n_existing = 0
     if options.study in existing:
-        study = optuna.load_study(study_name=options.study, storage=options.storage)
+        study = optuna.load_study(study_name=options.study, storage=storage)
         old_hash = study.user_attrs.get("space_hash")
         if old_hash and old_hash != space.hash:
             raise UserError(
                 f"{space.file}: study {options.study!r} was created from a different version of this space "
                 f"(space hash {old_hash}, now {space.hash}); Optuna cannot mix them: pass --study NEW_NAME")
         n_existing = len(study.trials)
-    # A fresh seed per restart: re-seeding identically would replay the same start-up trials.
-    seed = None if options.seed is None else options.seed + n_existing
+    # A fresh seed per restart and per worker: re-seeding identically would replay the same trials.
+    seed = None if options.seed is None else options.seed + 1000 * (options.worker_index or 0) + n_existing
     study = optuna.create_study(
-        storage=options.storage, study_name=options.study, directions=list(DIRECTIONS),
+        storage=storage, study_name=options.study, directions=list(DIRECTIONS),
         sampler=make_sampler(space.sampler, seed, options.trials), load_if_exists=True)
     if "space_hash" not in study.user_attrs:
         task_desc = {"name": space.task_name, "options": space.task_options}
@@ -95,6 +107,8 @@ def open_study(space: SearchSpace, options: RunOptions) -> optuna.Study:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # set_metric_names is experimental
             study.set_metric_names([TASKS[space.task_name].quality_name, *OBJECTIVES[1:]])
+    if options.worker_index is None:
+        study.set_user_attr("budget", options.trials)  # read by `compsearch status` for its ETA
     return study
 
 
@@ -106,18 +120,11 @@ def ensure_baseline(study: optuna.Study) -> None:
     study.enqueue_trial({}, user_attrs={"baseline": True})
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-
-
 class Objective:
-    """compress -> export -> measure one recipe; records everything on the trial."""
+    """Sample a recipe, evaluate it in the trial process, record everything on the trial."""
 
-    def __init__(self, space: SearchSpace, task: Task, backends: dict[str, Backend], results_dir: Path):
-        self.space, self.task, self.backends = space, task, backends
-        self.results_dir = results_dir
-        self.model = task.build_model()
+    def __init__(self, space: SearchSpace, runner: TrialRunner, results_dir: Path):
+        self.space, self.runner, self.results_dir = space, runner, results_dir
 
     def trial_dir(self, study: optuna.Study, number: int) -> Path:
         return self.results_dir / "studies" / study.study_name / f"trial-{number}"
@@ -132,132 +139,240 @@ class Objective:
         if workdir.exists():
             shutil.rmtree(workdir)  # left by an interrupted attempt with the same number
         trial.set_user_attr("artifact_dir", str(workdir))
-        try:
-            values = self._evaluate(trial, recipe, workdir, baseline)
-        except Exception as exc:
-            trial.set_user_attr("failure_reason", _first_line(exc))
-            raise
-        return values
+        cached = _measured_before(trial.study, recipe.hash, trial.number)
+        if cached is not None:
+            # Same recipe, same task and hardware (same study): reuse, do not recompute.
+            result = {k: cached.user_attrs[k] for k in ("metrics", "kernels", "environment", "layers_fallback")
+                      if k in cached.user_attrs}
+            result["values"] = tuple(cached.values)
+            trial.set_user_attr("cached_from", cached.number)
+            trial.set_user_attr("artifact_dir", cached.user_attrs.get("artifact_dir"))
+        else:
+            result = self.runner.evaluate(recipe.to_json(), workdir)
+        return self._record(trial, result, baseline)
 
-    def _evaluate(self, trial: optuna.Trial, recipe: Recipe, workdir: Path, baseline: bool) -> tuple[float, ...]:
-        artifact = build_artifact(self.model, recipe, self.task, workdir)
-        (workdir / "layers.json").write_text(json.dumps(artifact.layers, indent=1))
-        measurements = {}
-        for name, backend in self.backends.items():
-            measurements[name] = backend.measure(artifact.path, artifact.layer_nodes, self.task.evaluate,
-                                                 self.task.query_feeds(backend.profile.batch_size))
-        main = measurements[self.space.objective_profile]
-        if main.latency is None:
-            raise RuntimeError(f"profile {main.profile} gave no latency; it cannot be the objective")
-        values = (main.quality, main.latency.p50_ms, float(main.bytes))
+    def _record(self, trial: optuna.Trial, result: dict[str, Any], baseline: bool) -> tuple[float, float, float]:
+        values = tuple(float(v) for v in result["values"])
         if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"non-finite objective values {values}")
-        trial.set_user_attr("metrics", {n: m.metrics() for n, m in measurements.items()})
-        trial.set_user_attr("kernels", {n: m.kernels for n, m in measurements.items()})
-        trial.set_user_attr("environment", main.environment)
-        # A reduced-precision layer still running a float op fell back to dequantize + fp32.
-        float_ops = ("Gemm", "MatMul", "Conv", "FusedGemm", "FusedMatMul", "FusedConv")
-        fallback = [layer for layer, info in artifact.layers.items()
-                    if info["bits"] != "fp32" and main.kernels.get(layer, "").split(".")[-1] in float_ops]
-        trial.set_user_attr("layers_fallback", fallback)
-
+            raise TrialFailure(f"not a number: the trial produced non-finite objective values {values}")
+        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback"):
+            if key in result:
+                trial.set_user_attr(key, result[key])
+        quality = values[0]
         study = trial.study
         if baseline:
-            study.set_user_attr("baseline_quality", main.quality)
-            base_quality = main.quality
+            study.set_user_attr("baseline_quality", quality)
+            base_quality = quality
         else:
             base_quality = study.user_attrs.get("baseline_quality")
             if base_quality is None:
-                raise RuntimeError("no completed baseline trial to compare against")
-        drop = base_quality - main.quality
+                raise TrialFailure("no completed baseline trial to compare against")
+        drop = base_quality - quality
         trial.set_user_attr("quality_drop", drop)
         trial.set_constraint(CONSTRAINT_KEY, drop - self.space.max_quality_drop)
-        return values
+        return values  # type: ignore[return-value]
+
+
+def _measured_before(study: optuna.Study, recipe_hash: str, number: int) -> optuna.trial.FrozenTrial | None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and t.user_attrs.get("recipe_hash") == recipe_hash and t.values:
+            return t
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def run_one_trial(study: optuna.Study, objective: Objective, options: RunOptions,
+                  callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]]) -> bool:
+    """Ask for one trial under the budget lock, evaluate it, tell the result. False when the budget is spent."""
+    recover_stale_trials(study)  # a worker that died beside us: its trial is retried
+    with budget_lock(options.storage, study.study_name):
+        started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+        if len(started) >= options.trials:
+            return False
+        with warnings.catch_warnings():
+            # Optuna's heartbeat is meant for Study.optimize; this loop beats itself (start_heartbeat).
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        trial.set_user_attr("worker", WORKER)
+    heartbeat = start_heartbeat(study, trial)
+    try:
+        values = objective(trial)
+    except KeyboardInterrupt:
+        trial.set_user_attr("failure_reason", "interrupted: stopped by Ctrl-C; retried on the next run")
+        study.tell(trial, state=TrialState.FAIL)
+        retry_trial(study, study.get_trials(deepcopy=False)[trial.number])
+        raise
+    except TrialFailure as exc:
+        trial.set_user_attr("failure_reason", str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+    except Exception as exc:  # noqa: BLE001 - a trial that raises is a failed trial, not a failed study
+        trial.set_user_attr("failure_reason", _first_line(exc))
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, values)
+    finally:
+        heartbeat.stop()
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    for callback in callbacks:
+        callback(study, frozen)
+    return True
+
+
+def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callable[[str], None]) -> None:
+    """Another worker or machine runs the baseline: every other trial compares against it."""
+    told = False
+    while study.user_attrs.get("baseline_quality") is None:
+        base = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+        if not any(t.state == TrialState.RUNNING for t in base):
+            return  # queued or failed, not running elsewhere: this worker runs it
+        if not told:
+            say("waiting for the baseline trial that another worker is running")
+            told = True
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        time.sleep(1.0)
+        recover_stale_trials(study)
 
 
 def _finished(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def _check_workers(options: RunOptions) -> None:
+    if options.workers < 1:
+        raise UserError(f"--workers must be >= 1, but got {options.workers}")
+    if options.workers > 1 and not storage_takes_parallel_writers(options.storage):
+        raise UserError(f"--workers {options.workers} needs a storage that takes parallel writers, not "
+                        f"{options.storage.split(':', 1)[0]} (SQLite locks): pass --storage "
+                        f"postgresql://HOST/DB or --storage journal:{options.results_dir / 'optuna.journal'}")
+
+
 def run(space: SearchSpace, options: RunOptions) -> StudyView:
     """Run (or resume) the study to its budget; returns the final view. Raises UserError on bad input."""
-    backends = {p.name: make_backend(p) for p in space.profiles}  # fails before anything is written
+    for profile in space.profiles:  # fails before anything is written
+        make_backend(profile)
+    _check_workers(options)
     options.results_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(space, options)
-    task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")
+    coordinator = options.worker_index is None
     tracker = Tracker(options.tracking_uri, space.name, options.results_dir / "mlartifacts")
     tracker.open_parent(study, {"space_file": space.file, "space_hash": space.hash, "study": study.study_name,
-                                "task": task.describe(), "objective_profile": space.objective_profile,
-                                "max_quality_drop": space.max_quality_drop, **{f"env.{k}": v for k, v in
-                                                                                environment().items()}},
+                                "task": f"{space.task_name} {space.task_options}",
+                                "objective_profile": space.objective_profile,
+                                "max_quality_drop": space.max_quality_drop,
+                                **{f"env.{k}": v for k, v in environment().items()}},
                         space.resolved())
     logged = tracker.logged_trials()
 
     def log_new(frozen: optuna.trial.FrozenTrial) -> None:
         if frozen.number not in logged and frozen.state in FINISHED:
-            view = trial_view(frozen, StudyView.load(study).objective_names)
+            now = StudyView.load(study)
+            pareto = set(now.pareto_numbers())
+            view = next(t for t in now.trials if t.number == frozen.number)
             art = Path(view.artifact_dir) if view.artifact_dir else None
-            logged[frozen.number] = tracker.log_trial(view, art)
+            logged[frozen.number] = tracker.log_trial(view, art, pareto=frozen.number in pareto)
+            tracker.sync_pareto(pareto, logged)  # re-tags only the children the new trial moved on/off the front
 
+    recovered = recover_stale_trials(study)  # trials of a killed run: failed, and retried once
     for t in study.get_trials(deepcopy=False, states=FINISHED):  # anything a killed run did not log
-        log_new(t)
+        if not worker_alive(str(t.user_attrs.get("worker", ""))):  # a live worker logs its own
+            log_new(t)
 
     done_before = _finished(study)
-    remaining = options.trials - done_before
+    started_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
+    planned = max(0, options.trials - started_before)
     progress = Progress(total=options.trials, done_before=done_before, quiet=options.quiet,
                         timeout_s=options.timeout_s, quality_name=TASKS[space.task_name].quality_name)
-    objective = Objective(space, task, backends, options.results_dir)
+    for number in recovered:
+        progress.say(f"trial {number} was interrupted when its worker died: marked failed, retried once")
+    deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+    runner = TrialRunner(space, options.results_dir / "cache" / "models", options.trial_timeout_s,
+                         options.trial_memory_bytes)
+    objective = Objective(space, runner, options.results_dir)
+    callbacks = [lambda s, t: log_new(t), lambda s, t: progress.trial_done(StudyView.load(s), t.number)]
     status = "FINISHED"
+    workers: list[Any] = []
     try:
-        if remaining > 0:
+        if planned > 0:
             ensure_baseline(study)
-            progress.start(study.study_name, remaining)
-            deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
-            callbacks = [lambda s, t: log_new(t), lambda s, t: progress.trial_done(StudyView.load(s), t.number)]
-            # The baseline must finish first: every other trial's constraint compares against it.
-            if study.user_attrs.get("baseline_quality") is None:
-                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
-                if study.user_attrs.get("baseline_quality") is None:
-                    base = [t for t in study.trials if t.user_attrs.get("baseline")][-1]
+            progress.start(study.study_name, planned)
+            _wait_for_baseline(study, deadline, progress.say)
+            # The baseline goes first: every other trial's constraint compares against it.
+            while study.user_attrs.get("baseline_quality") is None:
+                if not run_one_trial(study, objective, options, callbacks):
+                    break
+                base = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")][-1]
+                if base.state == TrialState.FAIL:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
-                remaining -= 1
-            if remaining > 0:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                study.optimize(objective, n_trials=remaining, timeout=left, catch=(Exception,), callbacks=callbacks)
+            if coordinator and options.workers > 1:
+                from search.workers import launch_workers
+
+                workers = launch_workers(space.file, options, deadline)
+            while deadline is None or time.monotonic() < deadline:
+                if not run_one_trial(study, objective, options, callbacks):
+                    break
+            for proc in workers:
+                proc.wait()
+            logged.update(tracker.logged_trials())  # what the other workers logged themselves
+            for t in study.get_trials(deepcopy=False, states=FINISHED):  # anything a dead worker could not log
+                log_new(t)
         else:
-            progress.say(f"study {study.study_name!r} already has {done_before} of {options.trials} trials; "
+            progress.say(f"study {study.study_name!r} already has {started_before} of {options.trials} trials; "
                          f"raise --trials to run more")
+        if coordinator and options.remeasure:
+            from search.remeasure import remeasure_front
+
+            backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
+            task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")
+            remeasure_front(study, backend, task, progress.say)
     except KeyboardInterrupt:
         status = "KILLED"
         progress.say("interrupted: state saved; run the same command again to resume")
+        for proc in workers:
+            proc.terminate()
         for t in study.get_trials(deepcopy=False, states=FINISHED):
             log_new(t)
     finally:
-        view = StudyView.load(study)
-        front = view.front_rows()
-        base = view.baseline
-        tracker.log_front(front, set(view.pareto_numbers()), logged,
-                          base.values if base else None)
-        tracker.close_parent(status)
+        runner.close()
+        if coordinator:
+            view = StudyView.load(study)
+            tracker.log_front(view, logged)
+            tracker.close_parent(status)
+            progress.say(tracker.cost_summary())
     if status == "KILLED":
         raise KeyboardInterrupt
-    return view
+    return StudyView.load(study)
+
+
+def require_existing_storage(storage: str) -> None:
+    """Reading commands must not create an empty SQLite file where the user mistyped a path."""
+    if storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise UserError(f"no Optuna storage at {path} (run a study first, or pass --storage / --results-dir)")
 
 
 def view_from_storage(study_name: str, storage: str) -> StudyView:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"--storage {storage}: cannot open ({type(exc).__name__})") from None
+    require_existing_storage(storage)
+    opened = open_storage(storage)
+    names = optuna.get_all_study_names(storage=opened)
     if study_name not in names:
         from search.errors import allowed_list, did_you_mean
 
         raise UserError(f"study {study_name!r} is not in {storage}; studies there: "
                         f"{allowed_list(names) or '(none)'}{did_you_mean(study_name, names)}")
-    return StudyView.load(optuna.load_study(study_name=study_name, storage=storage))
+    return StudyView.load(optuna.load_study(study_name=study_name, storage=opened))
 
 
 def summarize(view: StudyView) -> dict[str, Any]:
     return {"study": view.name, **view.counts()}
+
+
+def dump_json(view: StudyView) -> str:
+    return json.dumps(view.to_json(), indent=2, default=str)

@@ -34,6 +34,7 @@ class Artifact:
     path: Path
     layer_nodes: dict[str, str]
     layers: dict[str, dict] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # params, MACs of the compressed model
 
     @property
     def bytes(self) -> int:
@@ -88,9 +89,55 @@ def map_layer_nodes(proto: onnx.ModelProto, model: nn.Module) -> dict[str, str]:
         for name in node.input:
             consumers.setdefault(name, node.name)
     mapping = {}
+    scoped = None
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             node = consumers.get(f"{name}.weight")
+            if node is None:
+                scoped = _nodes_by_scope(proto) if scoped is None else scoped
+                node = scoped.get(name)
             if node is not None:
                 mapping[name] = node
     return mapping
+
+
+def _nodes_by_scope(proto: onnx.ModelProto) -> dict[str, str]:
+    """Module name -> its MatMul/Gemm/Conv node, from the exporter's `name_scopes` metadata.
+
+    A Linear on a 3-D input (every transformer layer) exports as MatMul on a pre-transposed
+    constant with a generated name, so `<layer>.weight` has no consumer; the dynamo exporter
+    still records the module path each node came from.
+    """
+    import ast
+
+    initializers = {i.name for i in proto.graph.initializer}
+    out: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            continue
+        # The last scope is the op itself ('linear'); the one before it is the module.
+        if isinstance(scopes, list) and len(scopes) >= 2:
+            out.setdefault(str(scopes[-2]), node.name)
+    return out
+
+
+def export_program(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], out_path: Path,
+                   dynamic_shapes: tuple | None = None) -> Path:
+    """Save the compressed module as a torch.export program (`model.pt2`) for the torch backend.
+
+    Same graph capture as the ONNX export (dynamic batch), so both artifacts hold one network.
+    """
+    model = model.eval()
+    if dynamic_shapes is None:
+        dynamic_shapes = tuple({0: torch.export.Dim("batch", min=1, max=4096)} for _ in example_inputs)
+    # A batch of one would be specialised to the constant 1 by torch.export; two keeps it symbolic.
+    example_inputs = tuple(torch.cat([t, t]) if t.dim() and t.shape[0] == 1 else t for t in example_inputs)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    torch.export.save(program, str(out_path))
+    return out_path

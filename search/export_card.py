@@ -1,13 +1,69 @@
-"""`compsearch export`: one trial's deployable artifact plus a short model card."""
+"""`compsearch export`: one trial's deployable artifact plus a model card (Markdown beside it).
+
+The card says what the model is (recipe), how it measured on every hardware profile against
+the baseline (estimated or simulated figures labelled so), where it was measured
+(environment), and what each layer became.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from search.errors import UserError
-from search.study_view import StudyView
+from search.report.data import LAYER_COLUMNS, figure_kind, read_layers
+from search.report.fmt import cell, num, ratio
+from search.study_view import StudyView, TrialView
+
+CARD_METRICS = ("quality", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_qps", "bytes",
+                "bytes_compressed", "session_init_s")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _figures(trial: TrialView, base: TrialView | None) -> list[str]:
+    """One row per profile and metric, with the baseline's figure and the ratio where it means something."""
+    lines = ["| profile | metric | this model | baseline | vs baseline |", "| --- | --- | --- | --- | --- |"]
+    for profile, metrics in trial.metrics.items():
+        base_m = base.metrics.get(profile, {}) if base else {}
+        names = [k for k in CARD_METRICS if k in metrics]
+        names += sorted(k for k in metrics if figure_kind(k) or "_ci_" in k)  # estimates, CIs: shown, labelled
+        for name in names:
+            value, b = metrics[name], base_m.get(name)
+            kind = figure_kind(name)
+            label = f"{name} ({kind})" if kind else name
+            if name.startswith("latency") and b and value:
+                vs = f"{ratio(b / value)} faster"
+            elif name.startswith("bytes") and b and value:
+                vs = f"{ratio(b / value)} smaller"
+            elif name == "quality" and b is not None:
+                vs = f"{value - b:+.4f}"
+            else:
+                vs = ""
+            lines.append(f"| {profile} | {label} | {num(value, 6)} | {num(b, 6)} | {vs} |")
+    return lines
+
+
+def _layers(trial: TrialView) -> list[str]:
+    layers = read_layers(trial)
+    if not layers:
+        return ["(no layers.json recorded for this trial)"]
+    columns = [c for c in LAYER_COLUMNS if any(c in info for info in layers.values())]
+    profiles = list(trial.kernels)
+    header = ["layer", *columns, *(f"kernel on {p}" for p in profiles)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for name, info in layers.items():
+        cells = [name, *(cell(info.get(c)) for c in columns), *(trial.kernels[p].get(name, "-") for p in profiles)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def export_trial(view: StudyView, number: int, out: Path) -> Path:
@@ -22,18 +78,27 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out)
     base = view.baseline
+    on_front = number in view.pareto_numbers()
+    drop = view.attrs.get("max_quality_drop")
+    task = view.attrs.get("task") or {}
+    options = ", ".join(f"{k}={v}" for k, v in (task.get("options") or {}).items())
     lines = [f"# Model card: study {view.name}, trial {number}", "",
+             f"- artifact: `{out.name}` ({out.stat().st_size} bytes, sha256 {_sha256(out)})",
+             f"- task: {task.get('name', '?')} ({options})",
+             f"- space: {view.attrs.get('space_name')} ({view.attrs.get('space_file')}, hash "
+             f"{view.attrs.get('space_hash')})",
              f"- recipe: {trial.summary or 'baseline'} (hash {trial.recipe_hash})",
-             f"- feasible under the quality constraint: {trial.feasible}", ""]
-    lines += ["| metric | this model | baseline |", "| --- | --- | --- |"]
-    for name, value in (trial.values or {}).items():
-        b = base.values.get(name) if base and base.values else None
-        lines.append(f"| {name} | {value:.6g} | {'' if b is None else f'{b:.6g}'} |")
-    for profile, metrics in trial.metrics.items():
-        for k in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "bytes_compressed"):
-            if k in metrics:
-                lines.append(f"| {profile}.{k} | {metrics[k]:.6g} | |")
+             f"- feasible under the quality constraint ({view.objective_names[0]} drop <= {drop}): {trial.feasible}",
+             f"- on the Pareto front of the objective profile ({view.attrs.get('objective_profile')}): {on_front}",
+             "- search objectives for this trial: " + ", ".join(f"{k} {num(v, 6)}" for k, v in
+                                                                 (trial.values or {}).items()),
+             "", "## Figures per hardware profile", "",
+             "Measured on the exported artifact by each profile's backend; figures whose names carry `est` or "
+             "`sim` are estimates or simulations, labelled so.", ""]
+    lines += _figures(trial, base)
+    lines += ["", "## What each layer became", ""] + _layers(trial)
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in trial.environment.items()]
-    lines += ["", "## Recipe (JSON)", "", "```json", json.dumps(trial.recipe, indent=2), "```", ""]
+    lines += ["", "## Recipe (JSON)", "", "Rebuild with `search.recipe.Recipe.from_dict`:", "", "```json",
+              json.dumps(trial.recipe, indent=2), "```", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     return out

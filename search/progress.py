@@ -37,7 +37,8 @@ class Progress:
         if self.timeout_s is not None:
             eta = min(eta, max(0.0, self.timeout_s - elapsed))
         t = next(t for t in view.trials if t.number == number)
-        n = self.done_before + self.done_now
+        # Counted from the storage: other workers' trials count too.
+        n = sum(1 for x in view.trials if x.state in ("COMPLETE", "FAIL", "PRUNED"))
         if t.state == "COMPLETE" and t.values:
             q, lat, size = t.values.values()
             mark = "" if t.feasible else "  (infeasible: quality drop over the limit)"

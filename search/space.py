@@ -23,13 +23,14 @@ from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, parse_options
 from search.recipe import Recipe
 from search.tasks import TASKS
+from search.tasks.loader import resolve_task
 from search.techniques import ORDER, PLANNED, TECHNIQUES
-from search.units import parse_duration
+from search.units import parse_duration, parse_size
 
 TOP_KEYS = ("name", "description", "task", "hardware", "constraints", "budget", "sampler", "techniques")
 SAMPLERS = ("tpe", "random", "nsga2")
 CONSTRAINT_KEYS = ("max_quality_drop",)
-BUDGET_KEYS = ("trials", "timeout")
+BUDGET_KEYS = ("trials", "timeout", "trial_timeout", "trial_memory")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class SearchSpace:
     sampler: str
     techniques: tuple[TechniqueSpace, ...]
     layers: tuple[LayerInfo, ...] = field(default=())
+    trial_timeout_s: float | None = None  # a trial running longer is killed and recorded as failed
+    trial_memory_bytes: int | None = None  # likewise for the trial process's resident memory
 
     def technique_layers(self, tech: TechniqueSpace) -> list[LayerInfo]:
         return match_layers(list(self.layers), tech.layer_patterns)
@@ -79,7 +82,8 @@ class SearchSpace:
             "constraints": {"max_quality_drop": self.max_quality_drop},
             "sampler": self.sampler,
             "techniques": {t.name: {**{k: dim(v) for k, v in t.dims.items()},
-                                    **({"layers": list(t.layer_patterns)} if t.name == "quantize" else {})}
+                                    **({"layers": list(t.layer_patterns)} if "layers" in TECHNIQUES[t.name].settings
+                                       else {})}
                            for t in self.techniques},
         }
 
@@ -92,10 +96,11 @@ class SearchSpace:
         lines = []
         for tech in self.techniques:
             for key, d in tech.dims.items():
-                lines.append(f"{tech.name}.{key}: {d.describe()}")
-            if tech.name == "quantize":
+                when = TECHNIQUES[tech.name].conditions.get(key)
+                lines.append(f"{tech.name}.{key}: {d.describe()}" + (f"  (only when {when})" if when else ""))
+            if "layers" in TECHNIQUES[tech.name].settings:
                 names = [layer.name for layer in self.technique_layers(tech)]
-                lines.append(f"quantize layers ({len(names)}): {', '.join(names)}")
+                lines.append(f"{tech.name} layers ({len(names)}): {', '.join(names)}")
         return lines
 
 
@@ -147,9 +152,8 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
 
     task_raw = _mapping(file, "task", top.get("task"), ("name", "options"))
     task_name = task_raw.get("name")
-    if task_name not in TASKS:
-        raise SpaceError(file, "task.name", one_of(TASKS, task_name), task_name)
-    task_cls = TASKS[task_name]
+    # A built-in name, or a user task 'module:function' / 'file.py:function' (loaded and registered).
+    task_cls = resolve_task(task_name, file, TASKS)
     task_dims = parse_options(file, "task.options", task_cls.OPTIONS, task_raw.get("options"))
     task_options = {k: d.choices[0] for k, d in task_dims.items() if isinstance(d, Categorical)}
 
@@ -164,6 +168,9 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
     if objective not in names:
         raise SpaceError(file, "hardware.objective", f"must be one of the listed profiles: {allowed_list(names)}",
                          objective)
+    if profiles[names.index(objective)].backend == "estimate":
+        raise SpaceError(file, "hardware.objective", "must be a measured profile (an estimated one is recorded "
+                         "beside it, never optimized for)", objective)
 
     constraints = _mapping(file, "constraints", top.get("constraints"), CONSTRAINT_KEYS)
     drop = constraints.get("max_quality_drop", 0.01)
@@ -180,6 +187,14 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
             timeout_s = parse_duration(budget["timeout"])
         except ValueError as exc:
             raise SpaceError(file, "budget.timeout", str(exc), None, show_given=False) from None
+
+    limits: dict[str, float | int | None] = {"trial_timeout": None, "trial_memory": None}
+    for key, parse in (("trial_timeout", parse_duration), ("trial_memory", parse_size)):
+        if budget.get(key) is not None:
+            try:
+                limits[key] = parse(budget[key])
+            except ValueError as exc:
+                raise SpaceError(file, f"budget.{key}", str(exc), None, show_given=False) from None
 
     sampler = top.get("sampler", "tpe")
     if sampler not in SAMPLERS:
@@ -216,12 +231,15 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
                 raise SpaceError(file, f"techniques.{tname}.layers",
                                  f"matches no layer of task {task_name!r}; its layers: "
                                  f"{allowed_list(layer.name for layer in layers)}", settings.get("layers"))
+        if technique.check is not None:
+            technique.check(file, f"techniques.{tname}", dims, match_layers(list(layers), patterns))
         techniques.append(TechniqueSpace(tname, dims, patterns))
 
     return SearchSpace(
         file=file, name=name, description=str(top.get("description", "")), task_name=task_name,
         task_options=task_options, profiles=profiles, objective_profile=objective, max_quality_drop=float(drop),
         trials=trials, timeout_s=timeout_s, sampler=sampler, techniques=tuple(techniques), layers=layers,
+        trial_timeout_s=limits["trial_timeout"], trial_memory_bytes=limits["trial_memory"],
     )
 
 

@@ -70,6 +70,16 @@ class TrialView:
         return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
+def _failure_reason(trial: FrozenTrial) -> str | None:
+    if trial.state == TrialState.COMPLETE:
+        return None  # a retried trial inherits its predecessor's attributes
+    reason = trial.user_attrs.get("failure_reason") or trial.system_attrs.get("fail_reason")
+    if reason is None and trial.state == TrialState.FAIL:
+        # Failed by the storage, not by a worker: its heartbeat stopped (crashed or killed machine).
+        return "interrupted: its worker stopped sending heartbeats (crashed or killed); retried once"
+    return reason
+
+
 def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialView:
     attrs = trial.user_attrs
     constraints = trial.constraints or {}
@@ -87,7 +97,7 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         metrics=attrs.get("metrics", {}),
         quality_drop=attrs.get("quality_drop"),
         feasible=trial.state == TrialState.COMPLETE and (excess is None or excess <= 0),
-        failure_reason=attrs.get("failure_reason") or trial.system_attrs.get("fail_reason"),
+        failure_reason=_failure_reason(trial),
         duration_s=trial.duration.total_seconds() if trial.duration else None,
         start_ms=trial.datetime_start.timestamp() * 1000 if trial.datetime_start else None,
         environment=attrs.get("environment", {}),
@@ -157,6 +167,7 @@ class StudyView:
             "baseline": None if base is None else {"trial": base.number, "values": base.values,
                                                    "metrics": base.metrics},
             "pareto": self.pareto_numbers(),
+            "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (search/remeasure.py)
             "front": self.front_rows(),
             "trials": [{
                 "number": t.number, "state": t.state, "baseline": t.baseline, "recipe": t.recipe,

@@ -39,3 +39,18 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?$")
+_SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+               "tib": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """'512MB', '4GiB', '2gb' or a number of bytes -> bytes. ValueError if malformed."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return text
+    m = _SIZE.match(str(text).strip().lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"a memory size looks like 512MB, 4GB or 2GiB, but got {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2) or "b"])

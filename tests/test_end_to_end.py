@@ -81,44 +81,38 @@ def test_run_writes_trials_and_matching_mlflow_children(finished, capsys) -> Non
         assert t["values"]["bytes"] == t["metrics"]["ort-cpu"]["bytes"]
     front = {row["trial"]: row for row in shown["front"]}
     base = shown["baseline"]["values"]
-    for number, row in front.items():
+    for row in front.values():
         assert row["x_smaller"] == pytest.approx(base["bytes"] / row["bytes"])
 
 
 @pytest.mark.slow
 def test_rerun_resumes_without_a_second_baseline(finished, capsys) -> None:
     space, results = finished
-    assert main(["run", str(space), "--results-dir", str(results), "--trials", "5", "--quiet"]) == 0
+    assert main(["run", str(space), "--results-dir", str(results), "--trials", "5", "--quiet", "--no-remeasure"]) == 0
     shown = show_json(results, capsys)
     assert [t["number"] for t in shown["trials"]] == [0, 1, 2, 3, 4]
     assert sum(t["baseline"] for t in shown["trials"]) == 1
     assert sorted(mlflow_children(results)) == [0, 1, 2, 3, 4]
     # The budget is for the whole study: asking again for 5 runs nothing.
-    assert main(["run", str(space), "--results-dir", str(results), "--trials", "5", "--quiet"]) == 0
+    assert main(["run", str(space), "--results-dir", str(results), "--trials", "5", "--quiet", "--no-remeasure"]) == 0
     assert len(show_json(results, capsys)["trials"]) == 5
 
 
 @pytest.mark.slow
-def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, capsys, monkeypatch) -> None:
-    import search.driver as driver
-
-    real = driver.build_artifact
-    calls = {"n": 0}
-
-    def flaky(model, recipe, task, workdir):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("export exploded on purpose")
-        return real(model, recipe, task, workdir)
-
-    monkeypatch.setattr(driver, "build_artifact", flaky)
+def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, capsys) -> None:
+    # A user task (tests/faults) whose quality evaluation raises on the 2nd evaluation.
+    faulty = str(Path(__file__).parent / "faults" / "faulty_task.py") + ":FaultyDigits"
+    (tmp_path / "faults").mkdir()
     space = tmp_path / "e2e.yaml"
-    space.write_text(yaml.safe_dump(SPACE))
-    assert main(["run", str(space), "--results-dir", str(tmp_path / "r"), "--trials", "3", "--quiet"]) == 0
+    data = {**SPACE, "task": {"name": faulty, "options": {"hidden": 32, "epochs": 8, "fault_plan": "ok,raise",
+                                                           "fault_dir": str(tmp_path / "faults")}}}
+    space.write_text(yaml.safe_dump(data))
+    args = ["run", str(space), "--results-dir", str(tmp_path / "r"), "--trials", "3", "--quiet", "--no-remeasure"]
+    assert main(args) == 0
     shown = show_json(tmp_path / "r", capsys)
     states = [t["state"] for t in shown["trials"]]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert shown["trials"][1]["failure_reason"] == "RuntimeError: export exploded on purpose"
+    assert shown["trials"][1]["failure_reason"] == "RuntimeError: evaluation exploded on purpose"
     children = mlflow_children(tmp_path / "r")
     assert children[1].info.status == "FAILED"
-    assert children[1].data.tags["failure_reason"] == "RuntimeError: export exploded on purpose"
+    assert children[1].data.tags["failure_reason"] == "RuntimeError: evaluation exploded on purpose"

@@ -68,6 +68,30 @@ class Task(ABC):
         """The supervised loss used beside distillation when the task has labels."""
         return nn.functional.cross_entropy(outputs, labels)
 
+    def distill_loss(self, student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor | None,
+                     config: Any) -> torch.Tensor:
+        """The loss that pulls the student towards the teacher during distillation.
+
+        The default suits classifiers (KL on temperature-softened logits plus the task loss);
+        a task whose output is not a logit vector (an embedding, a regression) overrides it.
+        """
+        from search.techniques.distill import distill_loss  # late: techniques import tasks
+
+        return distill_loss(student_out, teacher_out, labels, config, self.task_loss)
+
+    def cached_fp32_export(self) -> Path | None:
+        """An ONNX export of `build_model()` kept from an earlier run, or None (then the pipeline
+        exports). Only used for recipes whose torch stage leaves the model as built."""
+        return None
+
+    def extra_metrics(self, predict: Predict) -> dict[str, float]:
+        """Further quality figures beside the main one (per-subset scores, fidelity), logged as is.
+
+        Called right after `evaluate` with the same `predict`, so a task may reuse the outputs
+        it computed there instead of running the model twice.
+        """
+        return {}
+
     def dynamic_shapes(self) -> tuple | None:
         """Dynamic dimensions for export; None means the batch dimension of every input."""
         return None

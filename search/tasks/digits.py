@@ -1,4 +1,7 @@
-"""Handwritten digits (scikit-learn's bundled 8x8 images) with a small MLP.
+"""Handwritten digits (scikit-learn's bundled 8x8 images) with a small MLP or CNN.
+
+The input is always a flat (batch, 64) float tensor; the CNN reshapes it to 1x8x8 itself,
+so export, calibration and measurement are the same for both models.
 
 Fixed split from a seeded permutation: 1,197 train / 200 calibration / 400 test. The
 model is trained once and cached under `cache_dir`, keyed by a hash of everything that
@@ -36,12 +39,38 @@ class DigitsMLP(nn.Module):
         return self.net(x)
 
 
+class DigitsCNN(nn.Module):
+    """Two 3x3 Conv + ReLU (channels, 2 x channels), a 2x2 max-pool, then a Linear head."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * c * 4 * 4, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+MODELS = ("mlp", "cnn")
+
+
 class DigitsTask(Task):
     name = "digits"
     quality_name = "accuracy"
     input_names = ["x"]
     output_names = ["logits"]
     OPTIONS = {
+        "model": Rule("str", default="mlp", choices=MODELS, searchable=False,
+                      help="mlp (64-hidden-hidden/2-10) or cnn (two 3x3 convs, max-pool, Linear head)"),
+        "channels": Rule("int", default=16, minimum=1, maximum=512, searchable=False,
+                         help="cnn only: channels of the first conv; the second has twice as many"),
         "hidden": Rule("int", default=256, minimum=4, maximum=4096, searchable=False,
                        help="width of the first hidden layer; the second is half of it"),
         "epochs": Rule("int", default=60, minimum=1, maximum=1000, searchable=False),
@@ -63,16 +92,23 @@ class DigitsTask(Task):
         h = int(self.options.get("hidden", 256))
         return (h, max(2, h // 2))
 
+    def _kind(self) -> str:
+        return str(self.options.get("model", "mlp"))
+
+    def _architecture(self) -> object:
+        return self._hidden() if self._kind() == "mlp" else int(self.options.get("channels", 16))
+
     def training_key(self) -> str:
-        recipe = {"task": self.name, "hidden": self._hidden(), "epochs": self.options.get("epochs", 60),
+        recipe = {"task": self.name, "model": self._kind(), "architecture": self._architecture(),
+                  "epochs": self.options.get("epochs", 60),
                   "seed": self.options.get("seed", 0), "split": _SPLIT_SEED, "version": 1}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     def build_model(self, trained: bool = True) -> nn.Module:
-        model = DigitsMLP(self._hidden())
+        model = DigitsMLP(self._hidden()) if self._kind() == "mlp" else DigitsCNN(self._architecture())
         if not trained:
             return model.eval()
-        path = self.cache_dir / f"digits-{self.training_key()}.pt"
+        path = self.cache_dir / f"digits-{self._kind()}-{self.training_key()}.pt"
         if path.exists():
             model.load_state_dict(torch.load(path, weights_only=True))
             return model.eval()

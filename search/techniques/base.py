@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from search.tasks.base import Task
 
 # The fixed pipeline order; a recipe that leaves a technique out skips it.
-ORDER = ("factorize", "prune", "distill", "share", "quantize")
+ORDER = ("factorize", "prune", "transformer_prune", "distill", "share", "quantize")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class Technique:
     # Keys that are settings rather than searched dimensions (layer patterns).
     settings: dict[str, Rule] = field(default_factory=dict)
     doc: str = ""
+    # Optional space-time check beyond the per-key rules: check(file, key, dims, matched_layers)
+    # raises SpaceError (e.g. a fixed rank larger than a matched layer).
+    check: Callable[..., None] | None = None
+    # Conditional keys: key -> when it is sampled ("mode is qat"); `validate` prints it.
+    conditions: dict[str, str] = field(default_factory=dict)
 
 
 
@@ -47,3 +52,6 @@ class Context:
     task: Task
     seed: int = 0
     keep_zeros: bool = False  # set when unstructured pruning ran: fine-tuning keeps its zeros
+    # What techniques did to each layer (keyed by the layer's name when the technique ran),
+    # merged into the artifact's per-layer record (layers.json).
+    layer_notes: dict[str, dict] = field(default_factory=dict)

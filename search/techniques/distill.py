@@ -3,20 +3,33 @@
 Loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * task loss
 (Hinton et al.). It runs after factorization and pruning, so it is also how a pruned model
 recovers the quality the cut cost. Tasks without labels distill with alpha = 1.
+
+A shallower student (`drop_blocks`, searchable): before training, that many hidden blocks
+(Linear -> activation modules -> Linear) are removed. The dropped block's Linear is folded
+into the next one (W = W_next W_block, b = W_next b_block + b_next, activation removed), so the
+student starts from the teacher's own weights as the nearest shallower network, then learns
+back what the lost nonlinearity did. Each drop takes the block whose folding changes the
+outputs least on a training batch. A smaller *width* is not offered here: keeping the
+highest-scoring neurons is exactly structured pruning, which composes with distillation.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import optuna
 import torch
 from torch import nn
 
+from search.errors import UserError
 from search.layers import LayerInfo
 from search.params import Dimension, Rule
 from search.recipe import TechniqueConfig, register_config
+from search.techniques import prune
 from search.techniques.base import Context, Technique
+from search.techniques.factorize import LowRank
+from search.techniques.prune import Chain, chains
 
 
 @register_config
@@ -27,8 +40,11 @@ class DistillConfig(TechniqueConfig):
     temperature: float = 4.0
     alpha: float = 0.7
     lr: float = 1e-3
+    drop_blocks: int = 0  # hidden blocks removed from the student before training
 
     def __post_init__(self) -> None:
+        if self.drop_blocks < 0:
+            raise ValueError(f"distill drop_blocks must be >= 0, but got drop_blocks={self.drop_blocks}")
         if self.epochs < 1:
             raise ValueError(f"distill epochs must be >= 1, but got epochs={self.epochs}")
         if self.temperature <= 0:
@@ -37,7 +53,8 @@ class DistillConfig(TechniqueConfig):
             raise ValueError(f"distill alpha must satisfy 0 <= alpha <= 1, but got alpha={self.alpha}")
 
     def summary(self) -> str:
-        return f"distill {self.epochs}ep T={self.temperature:g} a={self.alpha:g}"
+        fewer = f" -{self.drop_blocks} blocks" if self.drop_blocks else ""
+        return f"distill {self.epochs}ep T={self.temperature:g} a={self.alpha:g}{fewer}"
 
 
 RULES = {
@@ -45,6 +62,8 @@ RULES = {
     "temperature": Rule("float", default=4.0, minimum=0.1, maximum=100.0),
     "alpha": Rule("float", default=0.7, minimum=0.0, maximum=1.0),
     "lr": Rule("float", default=1e-3, minimum=1e-7, maximum=1.0),
+    "drop_blocks": Rule("int", default=0, minimum=0, maximum=64,
+                        help="hidden Linear+activation blocks removed from the student (folded into the next layer)"),
 }
 
 
@@ -58,6 +77,7 @@ def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerIn
         temperature=round(float(dims["temperature"].suggest(trial, "distill.temperature")), 6),
         alpha=round(float(dims["alpha"].suggest(trial, "distill.alpha")), 6),
         lr=float(dims["lr"].suggest(trial, "distill.lr")),
+        drop_blocks=int(dims["drop_blocks"].suggest(trial, "distill.drop_blocks")),
     )
 
 
@@ -75,6 +95,8 @@ def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, labels: t
 def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
     teacher = ctx.teacher.eval()
     torch.manual_seed(ctx.seed)
+    if config.drop_blocks:
+        model = reduce_depth(model, config.drop_blocks, ctx.task.train_batches()[0][0], ctx.layer_notes)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     # Weights pruned to exactly zero stay zero: distillation must not undo unstructured pruning.
     masks = {name: (p != 0) for name, p in model.named_parameters() if ctx.keep_zeros and p.dim() > 1}
@@ -83,7 +105,8 @@ def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
         for inputs, labels in ctx.task.train_batches():
             with torch.no_grad():
                 target = teacher(*inputs)
-            loss = distill_loss(model(*inputs), target, labels, config, ctx.task.task_loss)
+            # The task decides how outputs are compared (KL on logits for classifiers by default).
+            loss = ctx.task.distill_loss(model(*inputs), target, labels, config)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -95,4 +118,56 @@ def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
     return model.eval()
 
 
-TECHNIQUE = Technique(name="distill", stage="torch", rules=RULES, sample=sample, apply=apply, doc=__doc__ or "")
+def _foldable(model: nn.Module, chain: Chain) -> bool:
+    """A Linear -> activation modules -> Linear block outside any factorized layer."""
+    layers = (model.get_submodule(chain.producer), model.get_submodule(chain.consumer))
+    if chain.functional or chain.flatten or not all(type(m) is nn.Linear for m in layers):
+        return False
+    if not all(isinstance(model.get_submodule(n), prune.ELEMENTWISE_MODULES) for n in chain.between):
+        return False
+    parents = {n.rpartition(".")[0] for n in (chain.producer, chain.consumer)}
+    return not any(p and isinstance(model.get_submodule(p), LowRank) for p in parents)
+
+
+@torch.no_grad()
+def fold_block(model: nn.Module, chain: Chain) -> nn.Module:
+    """A copy of `model` with `chain.producer` folded into `chain.consumer`; the producer and the
+    activations between become Identity, so every other layer keeps its name."""
+    model = copy.deepcopy(model)
+    block, after = model.get_submodule(chain.producer), model.get_submodule(chain.consumer)
+    merged = nn.Linear(block.in_features, after.out_features,
+                       bias=block.bias is not None or after.bias is not None).to(after.weight)
+    merged.weight.copy_(after.weight @ block.weight)
+    if merged.bias is not None:
+        bias = after.bias.clone() if after.bias is not None else torch.zeros_like(merged.bias)
+        if block.bias is not None:
+            bias += after.weight @ block.bias
+        merged.bias.copy_(bias)
+    for name in (chain.producer, *chain.between):
+        prune.set_submodule(model, name, nn.Identity())
+    prune.set_submodule(model, chain.consumer, merged)
+    return model
+
+
+@torch.no_grad()
+def reduce_depth(model: nn.Module, n: int, inputs: tuple[torch.Tensor, ...], notes: dict[str, dict]) -> nn.Module:
+    """Remove `n` hidden blocks, each time the one whose folding moves the outputs least on `inputs`."""
+    model.eval()
+    for done in range(n):
+        candidates = [c for c in chains(model) if _foldable(model, c)]
+        if not candidates:
+            raise UserError(f"distill: drop_blocks={n}, but this model has only {done} hidden block(s) that can be "
+                            f"dropped (Linear -> activation modules -> Linear, outside factorized layers)")
+        reference = model(*inputs)
+        folded = [(float((fold_block(model, c)(*inputs) - reference).pow(2).mean()), i, c)
+                  for i, c in enumerate(candidates)]
+        _, _, best = min(folded)
+        model = fold_block(model, best)
+        notes.setdefault(best.producer, {})["distill"] = f"dropped: folded into {best.consumer}"
+        notes.setdefault(best.consumer, {})["distill_folded"] = best.producer
+    return model
+
+
+CONDITIONS = {k: "epochs > 0" for k in ("temperature", "alpha", "lr", "drop_blocks")}
+TECHNIQUE = Technique(name="distill", stage="torch", rules=RULES, sample=sample, apply=apply, doc=__doc__ or "",
+                      conditions=CONDITIONS)

@@ -1,9 +1,16 @@
-"""Magnitude pruning: unstructured (zero single weights) or structured (remove whole neurons).
+"""Magnitude pruning: unstructured (zero single weights) or structured (remove neurons / channels).
 
 Unstructured zeros keep every dense tensor at its full size, so ONNX Runtime's dense kernels
 run exactly as fast and the .onnx file is as large: only the compressed size shows the gain.
-Structured pruning removes hidden neurons and shrinks the consumer's inputs to match, so the
-artifact and the matrix multiplies really get smaller.
+Its threshold is either global (one magnitude cut over all layers, so layers with many small
+weights lose more, as in Han et al.) or per layer (every layer loses the same fraction).
+
+Structured pruning removes whole hidden neurons of a Linear, or output channels of a Conv,
+and shrinks everything that depends on them: BatchNorm statistics in between, the next
+Linear's or Conv's input channels, and, for Conv -> flatten -> Linear, the block of the
+Linear's inputs that each channel's feature map occupies. The dependencies are read from the
+model's torch.fx graph, so a layer whose output also feeds a residual add or an unknown op is
+left alone; the artifact and the multiplies really get smaller.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ from search.layers import LayerInfo
 from search.params import Dimension, Rule
 from search.recipe import TechniqueConfig, register_config
 from search.techniques.base import Context, Technique
+from search.techniques.factorize import LowRank
+
+STRUCTURES = ("unstructured", "structured")
+SCOPES = ("global", "layer")
 
 
 @register_config
@@ -28,120 +39,221 @@ class PruneConfig(TechniqueConfig):
     type = "prune"
     ratio: float
     structure: str = "unstructured"  # "unstructured" | "structured"
+    scope: str = "global"  # unstructured only: one threshold for all layers, or one per layer
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"prune ratio must satisfy 0 <= ratio < 1, but got ratio={self.ratio}")
+            raise ValueError(f"prune ratio must satisfy 0 <= ratio < 1 (1.0 would remove every weight), "
+                             f"but got ratio={self.ratio}")
         if self.structure not in STRUCTURES:
             raise ValueError(f"prune structure must be one of {STRUCTURES}, but got {self.structure!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"prune scope must be one of {SCOPES}, but got {self.scope!r}")
 
     def summary(self) -> str:
-        return f"prune {self.structure} {self.ratio:.0%}"
+        scope = f" {self.scope}" if self.structure == "unstructured" else ""
+        return f"prune {self.structure}{scope} {self.ratio:.0%}"
 
-
-STRUCTURES = ("unstructured", "structured")
 
 RULES = {
     "ratio": Rule("float", minimum=0.0, maximum=1.0, max_exclusive=True,
-                  help="fraction of weights (unstructured) or hidden neurons (structured) removed"),
+                  help="fraction of weights (unstructured) or hidden neurons/channels (structured) removed"),
     "structure": Rule("str", default="unstructured", choices=STRUCTURES),
+    "scope": Rule("str", default="global", choices=SCOPES,
+                  help="unstructured only: one magnitude threshold over all layers, or the ratio in every layer"),
 }
 
 
 def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> PruneConfig | None:
     structure = dims["structure"].suggest(trial, "prune.structure")
     ratio = round(float(dims["ratio"].suggest(trial, "prune.ratio")), 6)
-    return PruneConfig(ratio=ratio, structure=structure) if ratio > 0 else None
+    if ratio <= 0:
+        return None
+    # Conditional: the scope exists only for unstructured pruning.
+    scope = dims["scope"].suggest(trial, "prune.scope") if structure == "unstructured" else "global"
+    return PruneConfig(ratio=ratio, structure=structure, scope=scope)
 
 
 def apply(model: nn.Module, config: PruneConfig, ctx: Context | None = None) -> nn.Module:
     model = copy.deepcopy(model)
     if config.structure == "unstructured":
-        _prune_unstructured(model, config.ratio)
+        _prune_unstructured(model, config.ratio, config.scope)
     else:
-        _prune_structured(model, config.ratio)
+        notes = ctx.layer_notes if ctx is not None else {}
+        _prune_structured(model, config.ratio, notes)
     return model
 
 
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
 def _prunable_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    return [m.weight for m in model.modules() if isinstance(m, _LAYERS)]
 
 
 @torch.no_grad()
-def _prune_unstructured(model: nn.Module, ratio: float) -> None:
-    # Global magnitude threshold: layers with many small weights lose more, as in Han et al.
+def _prune_unstructured(model: nn.Module, ratio: float, scope: str = "global") -> None:
     weights = _prunable_weights(model)
-    magnitudes = torch.cat([w.abs().flatten() for w in weights])
-    k = int(ratio * magnitudes.numel())
-    if k == 0:
-        return
-    threshold = torch.kthvalue(magnitudes, k).values
-    for w in weights:
-        w[w.abs() <= threshold] = 0.0
+    groups = [weights] if scope == "global" else [[w] for w in weights]
+    for group in groups:
+        magnitudes = torch.cat([w.abs().flatten() for w in group])
+        k = int(ratio * magnitudes.numel())
+        if k == 0:
+            continue
+        threshold = torch.kthvalue(magnitudes, k).values
+        for w in group:
+            w[w.abs() <= threshold] = 0.0
 
 
-# Modules and functions that act elementwise on features: a neuron removed before them is
-# removed after them too, so the producer/consumer pair around them can shrink together.
-_ELEMENTWISE_MODULES = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity, nn.LeakyReLU)
+# Modules and functions that act on each feature/channel on its own: a neuron removed before
+# them is removed after them too, so the producer/consumer pair around them can shrink together.
+ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Identity,
+                        nn.LeakyReLU, nn.Hardswish)
+_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _ELEMENTWISE_FUNCS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.tanh,
                       torch.sigmoid, torch.nn.functional.silu, torch.nn.functional.dropout}
 
 
-def linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(producer, consumer) Linear pairs joined only through elementwise ops.
+@dataclass(frozen=True)
+class Chain:
+    """A producer layer whose output features reach exactly one consumer layer.
 
-    Found by tracing the model with torch.fx, so the dependency is read from the real graph:
-    a hidden layer whose output also feeds a residual add or a reshape is not a pair and is
-    left alone.
+    `between` are the (per-feature) modules in between; `functional` says some op in between
+    was a function call rather than a module; `flatten` says the consumer is a Linear reading
+    the flattened (channels x spatial) output of a Conv producer.
+    """
+
+    producer: str
+    consumer: str
+    between: tuple[str, ...] = ()
+    functional: bool = False
+    flatten: bool = False
+
+
+def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+    flat_call = (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target == "flatten")
+    return flat_call and start == 1 and end == -1
+
+
+def chains(model: nn.Module) -> list[Chain]:
+    """Every producer -> consumer chain whose features can shrink together, from the fx graph.
+
+    Pairs inside a factorized layer (`LowRank`) are left out: their inner dimension is the
+    rank the factorization chose, not a set of neurons.
     """
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - fx cannot trace every model; say so plainly
         raise UserError(f"structured pruning needs a model torch.fx can trace: {exc}") from None
     modules = dict(model.named_modules())
-
-    def is_linear(node: fx.Node) -> bool:
-        return node.op == "call_module" and isinstance(modules.get(node.target), nn.Linear)
-
-    def is_elementwise(node: fx.Node) -> bool:
-        if node.op == "call_module":
-            return isinstance(modules.get(node.target), _ELEMENTWISE_MODULES)
-        return node.op == "call_function" and node.target in _ELEMENTWISE_FUNCS
-
-    pairs = []
+    found = []
     for node in graph.nodes:
-        if not is_linear(node):
+        producer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(producer, _LAYERS) or getattr(producer, "groups", 1) != 1:
             continue
+        is_conv = not isinstance(producer, nn.Linear)
+        between: list[str] = []
+        functional = flatten = False
         current = node
         while len(current.users) == 1:
             (user,) = current.users
-            if is_linear(user) and user.args[0] is current:
-                pairs.append((node.target, user.target))
+            if not user.args or user.args[0] is not current:
                 break
-            if not is_elementwise(user) or user.args[0] is not current:
+            module = modules.get(user.target) if user.op == "call_module" else None
+            if isinstance(module, _LAYERS):
+                if _consumer_fits(producer, module, flatten):
+                    found.append(Chain(node.target, user.target, tuple(between), functional, flatten))
+                break
+            if is_conv and not flatten and _is_flatten(user, modules):
+                flatten = True
+                if user.op == "call_module":
+                    between.append(user.target)
+                else:
+                    functional = True
+            elif isinstance(module, ELEMENTWISE_MODULES):
+                between.append(user.target)
+            elif isinstance(module, _NORM_MODULES + _POOL_MODULES) and not flatten and (
+                    is_conv or isinstance(module, nn.BatchNorm1d)):
+                between.append(user.target)
+            elif user.op == "call_function" and user.target in _ELEMENTWISE_FUNCS:
+                functional = True
+            else:
                 break
             current = user
-    return pairs
+    return [c for c in found if not _inside_low_rank(model, c)]
+
+
+def _consumer_fits(producer: nn.Module, consumer: nn.Module, flatten: bool) -> bool:
+    n = producer.out_features if isinstance(producer, nn.Linear) else producer.out_channels
+    if isinstance(consumer, nn.Linear):
+        if flatten:
+            return consumer.in_features % n == 0
+        return isinstance(producer, nn.Linear) and consumer.in_features == n
+    return (not isinstance(producer, nn.Linear) and not flatten and consumer.groups == 1
+            and type(consumer) is type(producer) and consumer.in_channels == n)
+
+
+def _inside_low_rank(model: nn.Module, chain: Chain) -> bool:
+    parent_p, parent_c = chain.producer.rpartition(".")[0], chain.consumer.rpartition(".")[0]
+    return parent_p == parent_c and isinstance(model.get_submodule(parent_p) if parent_p else model, LowRank)
+
+
+def linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(producer, consumer) Linear pairs joined only through elementwise ops."""
+    return [(c.producer, c.consumer) for c in chains(model)
+            if isinstance(model.get_submodule(c.producer), nn.Linear) and not c.flatten]
 
 
 @torch.no_grad()
-def _prune_structured(model: nn.Module, ratio: float) -> None:
-    pairs = linear_pairs(model)
-    if not pairs:
-        raise UserError("structured pruning found no Linear -> elementwise -> Linear pair to shrink in this model")
-    for producer_name, consumer_name in pairs:
-        producer: nn.Linear = model.get_submodule(producer_name)
-        consumer: nn.Linear = model.get_submodule(consumer_name)
-        n = producer.out_features
+def _prune_structured(model: nn.Module, ratio: float, notes: dict[str, dict]) -> None:
+    found = chains(model)
+    if not found:
+        raise UserError("structured pruning found no layer -> (elementwise/BatchNorm/pool/flatten) -> layer "
+                        "chain to shrink in this model")
+    for chain in found:
+        producer = model.get_submodule(chain.producer)
+        consumer = model.get_submodule(chain.consumer)
+        n = producer.weight.shape[0]
         keep = max(1, round(n * (1.0 - ratio)))
-        # A neuron matters if it both receives strong weights and feeds strong weights on.
-        score = producer.weight.norm(dim=1) * consumer.weight.norm(dim=0)
+        # A neuron/channel matters if it both receives strong weights and feeds strong weights on;
+        # a BatchNorm in between rescales it by |gamma| / sqrt(var + eps).
+        score = producer.weight.flatten(1).norm(dim=1) * _consumer_norms(consumer, n, chain.flatten)
+        for name in chain.between:
+            m = model.get_submodule(name)
+            if isinstance(m, _NORM_MODULES) and m.affine and m.track_running_stats:
+                score = score * (m.weight.abs() / (m.running_var + m.eps).sqrt())
         kept = torch.sort(torch.topk(score, keep).indices).values
-        _set_submodule(model, producer_name, _slice_linear(producer, rows=kept))
-        _set_submodule(model, consumer_name, _slice_linear(consumer, cols=kept))
+        set_submodule(model, chain.producer, _slice_layer(producer, rows=kept))
+        for name in chain.between:
+            m = model.get_submodule(name)
+            if isinstance(m, _NORM_MODULES):
+                set_submodule(model, name, _slice_norm(m, kept))
+        cols = kept
+        if chain.flatten:
+            # Flattening (C, H, W) puts channel c at inputs c*H*W .. (c+1)*H*W - 1 of the Linear.
+            spatial = consumer.in_features // n
+            cols = (kept[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
+        set_submodule(model, chain.consumer, _slice_layer(consumer, cols=cols))
+        notes.setdefault(chain.producer, {})["structured_kept"] = f"{keep}/{n}"
 
 
-def _slice_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+def _consumer_norms(consumer: nn.Module, n: int, flatten: bool) -> torch.Tensor:
+    weight = consumer.weight
+    if flatten:
+        return weight.reshape(weight.shape[0], n, -1).transpose(0, 1).flatten(1).norm(dim=1)
+    return weight.transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def _slice_layer(layer: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Module:
+    """A new Linear/Conv keeping output `rows` and input `cols` of `layer`."""
     weight = layer.weight
     if rows is not None:
         weight = weight[rows]
@@ -150,17 +262,37 @@ def _slice_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torc
     bias = layer.bias
     if bias is not None and rows is not None:
         bias = bias[rows]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    else:
+        new = type(layer)(weight.shape[1], weight.shape[0], layer.kernel_size, stride=layer.stride,
+                          padding=layer.padding, dilation=layer.dilation, bias=bias is not None,
+                          padding_mode=layer.padding_mode)
+    new = new.to(layer.weight)
     new.weight.copy_(weight)
     if bias is not None:
         new.bias.copy_(bias)
     return new
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def _slice_norm(norm: nn.Module, kept: torch.Tensor) -> nn.Module:
+    new = type(norm)(len(kept), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+                     track_running_stats=norm.track_running_stats).to(kept.device)
+    if norm.affine:
+        new.weight.copy_(norm.weight[kept])
+        new.bias.copy_(norm.bias[kept])
+    if norm.track_running_stats:
+        new.running_mean.copy_(norm.running_mean[kept])
+        new.running_var.copy_(norm.running_var[kept])
+        new.num_batches_tracked.copy_(norm.num_batches_tracked)
+    return new.train(norm.training)  # a fresh module is in training mode; keep the model's mode
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
 
 
-TECHNIQUE = Technique(name="prune", stage="torch", rules=RULES, sample=sample, apply=apply, doc=__doc__ or "")
+TECHNIQUE = Technique(name="prune", stage="torch", rules=RULES, sample=sample, apply=apply, doc=__doc__ or "",
+                      conditions={"scope": "structure is unstructured and ratio > 0"})

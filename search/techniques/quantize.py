@@ -1,10 +1,22 @@
-"""Per-layer quantization with ONNX Runtime's own quantizer.
+"""Per-layer quantization of the exported ONNX graph: fp32, fp16, int8, int4, int2 or binary.
 
-Each discovered layer (matching the space's `layers` patterns) gets a searched bit-width.
-int8 layers are quantized together in one static QDQ pass, calibrated on the task's
-calibration split; fp32 layers are excluded from it by node name. ONNX Runtime then fuses
-Q/DQ pairs around a layer into an integer kernel (QGemm, QLinearMatMul, QLinearConv) where
-it has one; the backend records which kernel each layer really ran on.
+Each discovered layer (matching the space's `layers` patterns) gets a searched bit-width, and
+one artifact holds them all. Passes run in this order, each on the nodes it owns by name:
+
+  int8    static QDQ from ONNX Runtime's quantizer, calibrated on the task's calibration split
+          (PTQ), or explicit QDQ with the scales quantization-aware training learned (QAT).
+          ORT fuses it into QGemm / QLinearConv.
+  int4    weight-only: the Gemm becomes MatMul + Add, then MatMulNBits (4-bit blocks of 32
+          along K, asymmetric, ORT's own quantizer). Linear layers only.
+  fp16    the node computes in fp16 with fp16 weights (Casts at its edges). ORT's CPU provider
+          has no fp16 Gemm/MatMul: it inserts casts and runs fp32, so the layer shows as a
+          fallback there; the stored bytes halve on every provider.
+  int2,   no ONNX Runtime kernel exists: weights are stored as packed 2-bit codes / 1-bit signs
+  binary  plus a per-output-channel scale and decoded to fp32 in the graph. Quality is measured
+          on ORT's outputs; latency is that of an fp32 kernel, so these layers are marked
+          simulated (`lowbit_simulated_layers`), never reported as low-bit kernel latency.
+
+The backend then records the op each layer's node really ran as (QGemm, MatMulNBits, Gemm...).
 """
 
 from __future__ import annotations
@@ -12,22 +24,29 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import optuna
 
-from search.errors import UserError
+from search import onnx_rewrite as rw
+from search.errors import SpaceError, UserError
 from search.export import Artifact
 from search.layers import LayerInfo
-from search.params import Dimension, Rule
+from search.params import Categorical, Dimension, Rule
 from search.recipe import TechniqueConfig, register_config
 from search.techniques.base import Technique
 
-BITS = ("fp32", "int8")
+BITS = ("fp32", "fp16", "int8", "int4", "int2", "binary")
+SIMULATED_BITS = ("int2", "binary")  # no runtime kernel: stored small, computed in fp32
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+MODES = ("ptq", "qat")
+INT4_BLOCK = 32  # MatMulNBits block along K; small layers need small blocks
+_LEVELS = {"int2": np.array([-1.5, -0.5, 0.5, 1.5], np.float32), "binary": np.array([-1.0, 1.0], np.float32)}
+_CODE_BITS = {"int2": 2, "binary": 1}
 
 
 @register_config
@@ -37,6 +56,8 @@ class QuantizeConfig(TechniqueConfig):
     layer_bits: tuple[tuple[str, str], ...]
     calibration: str = "minmax"
     per_channel: bool = True
+    mode: str = "ptq"
+    qat_epochs: int = 0
 
     def __post_init__(self) -> None:
         for layer, bits in self.layer_bits:
@@ -44,9 +65,16 @@ class QuantizeConfig(TechniqueConfig):
                 raise ValueError(f"quantize: layer {layer!r} bits must be one of {BITS}, but got {bits!r}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"quantize: calibration must be one of {CALIBRATIONS}, but got {self.calibration!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"quantize: mode must be one of {MODES}, but got {self.mode!r}")
+        if self.mode == "qat" and self.qat_epochs < 1:
+            raise ValueError(f"quantize: mode 'qat' needs qat_epochs >= 1, but got qat_epochs={self.qat_epochs}")
 
     def bits_of(self, layer: str) -> str:
         return dict(self.layer_bits).get(layer, "fp32")
+
+    def layers_with(self, *bits: str) -> list[str]:
+        return [layer for layer, b in self.layer_bits if b in bits]
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
@@ -54,13 +82,21 @@ class QuantizeConfig(TechniqueConfig):
             counts[bits] = counts.get(bits, 0) + 1
         per = "/".join(bits for _, bits in self.layer_bits) if len(self.layer_bits) <= 4 else ", ".join(
             f"{n} {b}" for b, n in sorted(counts.items()))
-        return f"quantize [{per}] {self.calibration}{' per-channel' if self.per_channel else ''}"
+        if self.mode == "qat":
+            how = f" qat {self.qat_epochs}ep"
+        elif "int8" in counts:
+            how = f" {self.calibration}{' per-channel' if self.per_channel else ''}"
+        else:
+            how = ""
+        return f"quantize [{per}]{how}"
 
 
 RULES = {
     "bits": Rule("str", default=list(BITS), choices=BITS, help="bit-widths each layer may take"),
-    "calibration": Rule("str", default="minmax", choices=CALIBRATIONS),
-    "per_channel": Rule("bool", default=True),
+    "calibration": Rule("str", default="minmax", choices=CALIBRATIONS, help="int8 PTQ range method"),
+    "per_channel": Rule("bool", default=True, help="int8 PTQ weight scales per output channel"),
+    "mode": Rule("str", default="ptq", choices=MODES, help="post-training or quantization-aware training"),
+    "qat_epochs": Rule("int", default=2, minimum=1, maximum=1000, help="fine-tuning epochs; only when mode is qat"),
 }
 SETTINGS = {"layers": Rule("str", default="*", searchable=False,
                            help="fnmatch pattern(s) of layers whose bit-width is searched; others stay fp32")}
@@ -70,11 +106,89 @@ def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerIn
     layer_bits = tuple((layer.name, dims["bits"].suggest(trial, f"quantize.bits.{layer.name}")) for layer in layers)
     if all(bits == "fp32" for _, bits in layer_bits):
         return None
-    # Conditional: calibration settings exist only when some layer is integer.
-    calibration = dims["calibration"].suggest(trial, "quantize.calibration")
-    per_channel = dims["per_channel"].suggest(trial, "quantize.per_channel")
-    return QuantizeConfig(layer_bits=layer_bits, calibration=calibration, per_channel=per_channel)
+    mode = dims["mode"].suggest(trial, "quantize.mode")
+    # Conditional: qat_epochs exists only under QAT; calibration settings only for int8 PTQ.
+    qat_epochs = int(dims["qat_epochs"].suggest(trial, "quantize.qat_epochs")) if mode == "qat" else 0
+    calibration, per_channel = "minmax", True
+    if mode == "ptq" and any(bits == "int8" for _, bits in layer_bits):
+        calibration = dims["calibration"].suggest(trial, "quantize.calibration")
+        per_channel = dims["per_channel"].suggest(trial, "quantize.per_channel")
+    return QuantizeConfig(layer_bits=layer_bits, calibration=calibration, per_channel=per_channel, mode=mode,
+                          qat_epochs=qat_epochs)
 
+
+def check(file: str, key: str, dims: dict[str, Dimension], layers: list[LayerInfo]) -> None:
+    """Space-time check: int4 (MatMulNBits) and QAT handle Linear layers only."""
+    convs = [layer.name for layer in layers if layer.kind != "linear"]
+    if not convs:
+        return
+    bits, mode = dims["bits"], dims["mode"]
+    for name, dim, value in (("bits", bits, "int4"), ("mode", mode, "qat")):
+        if isinstance(dim, Categorical) and value in dim.choices:
+            raise SpaceError(file, f"{key}.{name}", f"{value!r} handles Linear layers only, and layer {convs[0]!r} "
+                             f"is a {dict((la.name, la.kind) for la in layers)[convs[0]]}: drop {value!r} or narrow "
+                             f"{key}.layers to Linear layers", list(dim.choices))
+
+
+# --- numeric helpers shared with QAT (the forward pass must see exactly what is deployed) ---
+
+def lowbit_codes(weight: np.ndarray, bits: str, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, levels, scales) with weight ~= levels[codes] * scale[channel] along `axis`."""
+    levels = _LEVELS[bits]
+    w = np.moveaxis(weight.astype(np.float32), axis, 0).reshape(weight.shape[axis], -1)
+    scale = np.maximum(np.abs(w).mean(axis=1), 1e-8)  # the L2-optimal scale for signs (XNOR-Net)
+    codes = (w >= 0).astype(np.uint8)
+    for _ in range(6 if bits == "int2" else 1):
+        if bits == "int2":
+            codes = np.clip(np.round(w / scale[:, None] + 1.5), 0, 3).astype(np.uint8)
+        # Least-squares scale for the chosen codes (Lloyd step on the scale).
+        unit = levels[codes]
+        scale = np.maximum((w * unit).sum(axis=1) / np.maximum((unit * unit).sum(axis=1), 1e-12), 1e-8)
+    shape = (weight.shape[axis], *np.delete(weight.shape, axis))
+    return np.moveaxis(codes.reshape(shape), 0, axis), levels, scale.astype(np.float32)
+
+
+def lowbit_dequant(weight: np.ndarray, bits: str, axis: int = 0) -> np.ndarray:
+    codes, levels, scales = lowbit_codes(weight, bits, axis)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    return levels[codes] * scales.reshape(shape)
+
+
+def _nbits_module():
+    """ORT's MatMulNBits quantizer module. Importing it calls logging.basicConfig(level=INFO),
+    which would flood every later log line of the process (the exporter's INFO chatter): undo it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import onnxruntime.quantization.matmul_nbits_quantizer as nbits
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    return nbits
+
+
+def _int4_quantizer():
+    from onnxruntime.quantization import QuantFormat
+
+    nbits = _nbits_module()
+    return nbits.DefaultWeightOnlyQuantizer(nbits.DefaultWeightOnlyQuantConfig(
+        block_size=INT4_BLOCK, is_symmetric=False, quant_format=QuantFormat.QOperator, bits=4))
+
+
+def int4_dequant(weight_kn: np.ndarray) -> np.ndarray:
+    """The fp32 weight [K, N] that MatMulNBits computes with, from ORT's own block quantizer."""
+    k, n = weight_kn.shape
+    packed, scales, zero_points = _int4_quantizer().qbits_block_quant(np.ascontiguousarray(weight_kn, np.float32))
+    blocks = packed.shape[1]
+    q = rw.unpack_codes(packed.reshape(-1), 4, packed.size * 2).reshape(n, blocks, INT4_BLOCK).astype(np.float32)
+    zp = rw.unpack_codes(zero_points.reshape(-1), 4, zero_points.size * 2).reshape(n, -1)[:, :blocks]
+    w = (q - zp[:, :, None].astype(np.float32)) * scales[:, :, None]
+    return w.reshape(n, blocks * INT4_BLOCK)[:, :k].T
+
+
+# --- the ONNX passes ---
 
 class _Feeds:
     """CalibrationDataReader over a list of input dicts (ONNX Runtime asks for them one by one)."""
@@ -90,40 +204,89 @@ class _Feeds:
 def _quiet_quantizer():
     # The quantizer logs a pre-processing hint on the root logger for every call, and the
     # histogram calibrators print to stdout.
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(), logging.getLogger("onnx_ir")]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        root.setLevel(old)
+        for lg, level in zip(loggers, old, strict=True):
+            lg.setLevel(level)
+
+
+def _int8_ptq(src: Path, nodes: list[str], config: QuantizeConfig,
+              feeds: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[config.calibration]
+    with tempfile.TemporaryDirectory(prefix="compsearch-q8-") as tmp, _quiet_quantizer():
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(
+            str(src), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ,
+            # u8 activations x s8 weights: the pairing ONNX Runtime's x86 integer kernels favour.
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes, per_channel=config.per_channel, calibrate_method=method,
+        )
+        return onnx.load(str(out))
+
+
+def _int4(model: onnx.ModelProto, nodes: list[str]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    for name in nodes:
+        rw.gemm_to_matmul(model, name)
+    # nodes_to_include only adds to the MatMul op type the quantizer takes anyway: every other
+    # MatMul (an fp32 layer of a transformer) must be excluded by name.
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
+    with _quiet_quantizer():
+        quantizer = _nbits_module().MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=False,
+                                                         nodes_to_include=nodes, nodes_to_exclude=others)
+        quantizer.process()
+    model = quantizer.model.model
+    names = {n.name for n in model.graph.node if n.op_type == "MatMulNBits"}
+    renamed = {}
+    for name in nodes:
+        if f"{name}_Q4" not in names:
+            raise RuntimeError(f"int4: ONNX Runtime's MatMulNBits quantizer skipped node {name!r}")
+        renamed[name] = f"{name}_Q4"
+    return model, renamed
 
 
 def apply(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]],
-          out_path: Path) -> Artifact:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    int8_layers = [layer for layer, bits in config.layer_bits if bits == "int8"]
-    missing = [layer for layer in int8_layers if layer not in artifact.layer_nodes]
+          out_path: Path, learned: dict[str, dict] | None = None) -> Artifact:
+    """Quantize `artifact` per `config` into `out_path`. `learned` holds QAT's int8 scales by layer."""
+    wanted = [layer for layer, bits in config.layer_bits if bits != "fp32"]
+    missing = [layer for layer in wanted if layer not in artifact.layer_nodes]
     if missing:
         raise UserError(f"quantize: layers {missing} have no node in the exported ONNX graph")
-    if not int8_layers:
-        shutil.copyfile(artifact.path, out_path)
-        return Artifact(out_path, dict(artifact.layer_nodes), dict(artifact.layers))
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.calibration]
-    with _quiet_quantizer():
-        quantize_static(
-            str(artifact.path), str(out_path), _Feeds(calibration_feeds),
-            quant_format=QuantFormat.QDQ,
-            # u8 activations x s8 weights: the pairing ONNX Runtime's x86 integer kernels favour.
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_quantize=[artifact.layer_nodes[layer] for layer in int8_layers],
-            per_channel=config.per_channel, calibrate_method=method,
-        )
-    return Artifact(out_path, dict(artifact.layer_nodes), dict(artifact.layers))
+    node_of = artifact.layer_nodes
+    int8 = config.layers_with("int8")
+    if int8 and learned is None:
+        model = _int8_ptq(artifact.path, [node_of[layer] for layer in int8], config, calibration_feeds)
+    else:
+        model = onnx.load(str(artifact.path))
+        for layer in int8:
+            if layer not in (learned or {}):
+                raise RuntimeError(f"quantize: QAT learned no scales for int8 layer {layer!r}")
+            rw.qdq_linear(model, node_of[layer], **learned[layer])
+    layer_nodes = dict(node_of)
+    int4 = config.layers_with("int4")
+    if int4:
+        model, renamed = _int4(model, [node_of[layer] for layer in int4])
+        layer_nodes.update({layer: renamed[node_of[layer]] for layer in int4})
+    for layer in config.layers_with("fp16"):
+        rw.to_fp16(model, node_of[layer])
+    for layer in config.layers_with(*SIMULATED_BITS):
+        bits = config.bits_of(layer)
+        _, weight, axis = rw.weighted_node(model, node_of[layer])
+        codes, levels, scales = lowbit_codes(weight, bits, axis)
+        rw.replace_weight_scaled(model, node_of[layer], codes, levels, scales, _CODE_BITS[bits], axis)
+    onnx.save(model, str(out_path))
+    return Artifact(out_path, layer_nodes, dict(artifact.layers))
 
 
+CONDITIONS = {"qat_epochs": "mode is qat", "calibration": "mode is ptq and a layer is int8",
+              "per_channel": "mode is ptq and a layer is int8", "mode": "a layer is not fp32"}
 TECHNIQUE = Technique(name="quantize", stage="onnx", rules=RULES, settings=SETTINGS, sample=sample,
-                      apply=apply, doc=__doc__ or "")
+                      apply=apply, doc=__doc__ or "", check=check, conditions=CONDITIONS)

@@ -1,0 +1,1 @@
+"""Benchmarks that back the claims in the README; each writes under results/bench/."""

@@ -1,0 +1,59 @@
+"""Evaluate one recipe: compress, export, measure on every profile. No Optuna, no MLflow.
+
+Runs inside the trial process (see search/trial_runner.py); returns plain data that the
+driver records on the Optuna trial.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hardware.lock import compute_slot
+from hardware.profiles import make_backend
+from search.recipe import Recipe
+from search.space import SearchSpace
+from search.tasks.base import Task
+from search.techniques.pipeline import build_artifact
+
+# A reduced-precision layer still running one of these float ops fell back to dequantize + fp32.
+FLOAT_OPS = ("Gemm", "MatMul", "Conv", "FusedGemm", "FusedMatMul", "FusedConv", "DequantizeLinear")
+
+
+def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Recipe, workdir: Path) -> dict[str, Any]:
+    backends = {p.name: make_backend(p) for p in space.profiles}
+    with compute_slot():  # compression runs beside other workers' compression, never beside a timing
+        artifact = build_artifact(model, recipe, task, workdir,
+                                  program=any(getattr(b, "needs_program", False) for b in backends.values()))
+    (workdir / "layers.json").write_text(json.dumps(artifact.layers, indent=1))
+    measurements = {}
+    extras: dict[str, dict[str, float]] = {}  # the task's extra quality figures, per profile
+    for profile in space.profiles:
+        backend = backends[profile.name]
+
+        def quality(predict, name: str = profile.name) -> float:
+            value = task.evaluate(predict)
+            extras[name] = task.extra_metrics(predict)  # same predict: the task may reuse its outputs
+            return value
+
+        measurements[profile.name] = backend.measure(artifact.path, artifact.layer_nodes, quality,
+                                                     task.query_feeds(profile.batch_size))
+    main = measurements[space.objective_profile]
+    if main.latency is None:
+        raise RuntimeError(f"profile {main.profile} gave no latency; it cannot be the objective")
+    fallback = [layer for layer, info in artifact.layers.items()
+                if info.get("bits", "fp32") != "fp32" and main.kernels.get(layer, "").split(".")[-1] in FLOAT_OPS]
+    # int2/binary layers have no runtime kernel: their latency is an fp32 kernel's, and this says so.
+    simulated = {"lowbit_simulated_layers": float(sum(1 for i in artifact.layers.values() if i.get("simulated")))}
+    return {
+        "values": (main.quality, main.latency.p50_ms, float(main.bytes)),
+        "metrics": {n: {**extras.get(n, {}), **m.metrics(), **simulated, **artifact.stats}
+                    for n, m in measurements.items()},
+        "kernels": {n: m.kernels for n, m in measurements.items()},
+        "environment": main.environment,
+        "environments": {n: m.environment for n, m in measurements.items()},
+        "layers_fallback": fallback,
+    }

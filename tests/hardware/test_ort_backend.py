@@ -1,0 +1,72 @@
+"""ONNX Runtime backend: isolated timing, environment beside the figure, no silent fallback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from hardware.agent import PlacementError, check_placement, ort_session
+from hardware.profiles import load_profile, make_backend
+from search.errors import UserError
+
+QUERY = {"x": np.ones((1, 16), np.float32)}
+
+
+def accuracy_of(run) -> float:
+    """A stand-in task metric computed from the backend's own outputs."""
+    out = run({"x": np.eye(16, dtype=np.float32)})
+    return float(np.isfinite(out).mean())
+
+
+def test_cpu_measurement_runs_in_a_fresh_process_with_everything_recorded(mlp: Path, fast_profiles: Path) -> None:
+    backend = make_backend(load_profile("fast-cpu"))
+    m = backend.measure(mlp, {"net.0": "gemm0"}, accuracy_of, QUERY)
+    assert m.quality == 1.0
+    assert m.environment["measured_in_pid"] not in ("", str(os.getpid()))
+    assert m.latency is not None and m.latency.queries >= 50 and m.latency.duration_s >= 0.1
+    assert m.latency.ci_low_ms <= m.latency.p50_ms <= m.latency.ci_high_ms
+    assert m.latency.p50_ms <= m.latency.p90_ms <= m.latency.p99_ms
+    assert m.session_init_s > 0 and m.first_run_ms > 0
+    assert 10 < m.peak_rss_mb < 400  # the lean agent process, not this torch-laden one
+    for key in ("cpu", "cores", "onnxruntime", "provider", "threads", "placement"):
+        assert m.environment[key], key
+    assert m.environment["threads"] == "1" and m.environment["placement"] == "CPUExecutionProvider=3"
+    metrics = m.metrics()
+    for key in ("latency_p50_ms", "latency_p50_ci_low_ms", "peak_rss_mb", "contended", "cpu_wall_ratio",
+                "other_cpu_cores", "loadavg_1m", "attempts", "throughput_qps"):
+        assert key in metrics, key
+    assert m.kernels == {"net.0": "com.microsoft.FusedGemm"}  # Gemm+Relu fused by the optimiser
+
+
+def test_two_thread_profile_pins_two_threads(mlp: Path, fast_profiles: Path) -> None:
+    m = make_backend(load_profile("fast-cpu-2t")).measure(mlp, {}, accuracy_of, QUERY)
+    assert m.environment["threads"] == "2"
+
+
+@pytest.mark.parametrize(("profile", "package"), [("ort-cuda", "onnxruntime-gpu"), ("ort-trt", "onnxruntime-gpu"),
+                                                  ("ort-openvino", "onnxruntime-openvino")])
+def test_missing_provider_is_one_line_naming_the_package(profile: str, package: str) -> None:
+    provider = load_profile(profile, check=False).provider
+    if provider in ort.get_available_providers():
+        pytest.skip(f"{provider} is installed here")
+    with pytest.raises(UserError) as err:
+        load_profile(profile)
+    assert package in str(err.value) and "\n" not in str(err.value)
+
+
+def test_placement_check_refuses_a_provider_the_session_does_not_run_on(mlp: Path) -> None:
+    session = ort_session(str(mlp), "CPUExecutionProvider", {}, 1)
+    assert check_placement(session, "CPUExecutionProvider")["nodes_by_provider"] == {"CPUExecutionProvider": 3}
+    with pytest.raises(PlacementError, match="not CUDAExecutionProvider"):
+        check_placement(session, "CUDAExecutionProvider")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
+def test_cuda_provider_measures_on_the_gpu(mlp: Path) -> None:
+    m = make_backend(load_profile("ort-cuda")).measure(mlp, {}, accuracy_of, QUERY)
+    assert m.environment["provider"] == "CUDAExecutionProvider"
+    assert "CUDAExecutionProvider" in m.environment["placement"]
