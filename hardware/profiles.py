@@ -110,7 +110,12 @@ def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles", 
         compile=bool(raw.get("compile", False)), sequence_length=seq, spec=dict(raw.get("spec") or {}),
     )
     if check:
-        backend_class(profile).check_available(profile)
+        try:
+            backend_class(profile).check_available(profile)
+        except UserError as exc:
+            if not where:
+                raise
+            raise UserError(f"{where}: {key}: {exc}") from None  # who asked for it, then why it cannot run
     return profile
 
 

@@ -79,7 +79,14 @@ def export_onnx(
             input_names=input_names, output_names=output_names or ["output"],
             dynamic_shapes=dynamic_shapes, opset_version=OPSET, external_data=False, verbose=False,
         )
-    return Artifact(path=out_path, layer_nodes=map_layer_nodes(onnx.load(str(out_path)), model))
+    proto = onnx.load(str(out_path))
+    layer_nodes = map_layer_nodes(proto, model)  # reads the exporter's scope metadata: before stripping it
+    # The exporter annotates every node with stack traces and scopes (~5 KB on a tiny model):
+    # debugging aids, not part of what is deployed, so they do not count in the artifact's bytes.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    onnx.save(proto, str(out_path))
+    return Artifact(path=out_path, layer_nodes=layer_nodes)
 
 
 def map_layer_nodes(proto: onnx.ModelProto, model: nn.Module) -> dict[str, str]:

@@ -35,12 +35,15 @@ def _figures(trial: TrialView, base: TrialView | None) -> list[str]:
     for profile, metrics in trial.metrics.items():
         base_m = base.metrics.get(profile, {}) if base else {}
         names = [k for k in CARD_METRICS if k in metrics]
-        names += sorted(k for k in metrics if figure_kind(k) or "_ci_" in k)  # estimates, CIs: shown, labelled
+        # Estimates and confidence intervals, labelled; a zero count such as lowbit_simulated_layers says nothing.
+        names += sorted(k for k in metrics if (figure_kind(k) and metrics[k]) or "_ci_" in k)
         for name in names:
             value, b = metrics[name], base_m.get(name)
             kind = figure_kind(name)
             label = f"{name} ({kind})" if kind else name
-            if name.startswith("latency") and b and value:
+            if "_ci_" in name:
+                vs = ""
+            elif name.startswith("latency") and b and value:
                 vs = f"{ratio(b / value)} faster"
             elif name.startswith("bytes") and b and value:
                 vs = f"{ratio(b / value)} smaller"
@@ -56,7 +59,8 @@ def _layers(trial: TrialView) -> list[str]:
     layers = read_layers(trial)
     if not layers:
         return ["(no layers.json recorded for this trial)"]
-    columns = [c for c in LAYER_COLUMNS if any(c in info for info in layers.values())]
+    extra = sorted({k for info in layers.values() for k in info} - set(LAYER_COLUMNS) - {"node"})
+    columns = [c for c in LAYER_COLUMNS if any(c in info for info in layers.values())] + extra
     profiles = list(trial.kernels)
     header = ["layer", *columns, *(f"kernel on {p}" for p in profiles)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]

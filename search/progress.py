@@ -60,12 +60,14 @@ def front_table(view: StudyView) -> str:
     lines: list[list[str]] = []
     for r in rows:
         lines.append([
-            str(r["trial"]), f"{r[quality]:.4f}", _signed(r.get("quality_change")), f"{r['latency_p50_ms']:.4f}",
+            str(r["trial"]), f"{r[quality]:.4f}", _signed(r.get("quality_change")),
+            f"{r['latency_p50_ms']:.4f}" + (" (sim)" if r.get("lowbit_simulated_layers") else ""),
             _ratio(r.get("x_faster")), format_bytes(r["bytes"]), _ratio(r.get("x_smaller")), r["recipe"],
         ])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" if i in (len(header) - 1,) else f"{{:>{w}}}" for i, w in enumerate(widths))
-    out = [f"Pareto front ({len(rows)} point(s), feasible trials only; ratios against the fp32 baseline):",
+    out = [f"Pareto front ({len(rows)} point(s), feasible trials only; ratios against the fp32 baseline;"
+           " (sim): int2/binary layers ran on fp32 kernels, so that latency is not a low-bit kernel's):",
            fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
     return "\n".join(out)

@@ -144,6 +144,9 @@ class StudyView:
             q, lat, size = (t.values or {}).values()
             row: dict[str, Any] = {"trial": number, self.objective_names[0]: q, "latency_p50_ms": lat,
                                    "bytes": size, "recipe": t.summary}
+            objective_metrics = t.metrics.get(self.attrs.get("objective_profile", ""), {})
+            # int2/binary layers have no kernel: such a latency is an fp32 kernel's, not a low-bit one's.
+            row["lowbit_simulated_layers"] = int(objective_metrics.get("lowbit_simulated_layers", 0))
             if base and base.values:
                 bq, blat, bsize = base.values.values()
                 row["quality_change"] = q - bq

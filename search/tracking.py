@@ -116,11 +116,16 @@ class Tracker:
         if first is not None:
             raise first
 
+    def attach(self, study: Any) -> str | None:
+        """Log under the parent run the study already has (None if it has none yet); creates nothing."""
+        self.space_hash = str(study.user_attrs.get("space_hash", ""))
+        self.parent_id = study.user_attrs.get(PARENT_ATTR)
+        return self.parent_id
+
     @_timed
     def open_parent(self, study: Any, params: dict[str, Any], space: dict[str, Any]) -> str:
         """Create the study's parent run, or reopen the one a previous run (or another worker) created."""
-        self.space_hash = str(study.user_attrs.get("space_hash", ""))
-        existing = study.user_attrs.get(PARENT_ATTR)
+        existing = self.attach(study)
         if existing:
             self.parent_id = existing
             self.client.update_run(existing, status="RUNNING")

@@ -9,7 +9,6 @@ so a failed trial says why, and the study goes on.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -142,12 +141,3 @@ def _death_reason(code: int | None) -> str:
         return f"crashed: the trial process died of signal {name}"
     return f"crashed: the trial process exited with status {code}"
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -139,7 +139,8 @@ def _profile_data(view: StudyView, profile: str) -> ProfileData:
         p.pareto = p.trial in front
     base = view.baseline
     base_m = base.metrics.get(profile) if base else None
-    kinds = {k: figure_kind(k) for t in done for k in t.metrics[profile] if figure_kind(k)}
+    # A count such as `lowbit_simulated_layers` = 0 says nothing was simulated: only non-zero figures count.
+    kinds = {k: figure_kind(k) for t in done for k, v in t.metrics[profile].items() if figure_kind(k) and v}
     rows = [_front_row(view, profile, n, base_m, lat_key) for n in front]
     return ProfileData(profile, lat_key, points, front, base_m, rows, kinds)
 
@@ -161,6 +162,8 @@ def _front_row(view: StudyView, profile: str, number: int, base: dict[str, float
         row["x_smaller"] = ratio(base.get("bytes"), m.get("bytes"))
         row["x_smaller_compressed"] = ratio(base.get("bytes_compressed"), m.get("bytes_compressed"))
     row["recipe"] = t.summary
+    # Estimated/simulated figures of this point other than its latency (which the column header labels).
+    row["caveats"] = {k: v for k, v in m.items() if figure_kind(k) and v and k != lat_key}
     return row
 
 

@@ -11,7 +11,7 @@ from html import escape
 from typing import Any
 
 from search.report import fmt
-from search.report.data import LAYER_COLUMNS, Pick, ProfileData, ReportData, grouped_picks
+from search.report.data import LAYER_COLUMNS, Pick, ProfileData, ReportData, figure_kind, grouped_picks
 from search.report.plots import line_svg, scatter_svg
 
 CSS = """
@@ -153,6 +153,11 @@ def _pick_card(d: ReportData, group: list[Pick]) -> str:
             f"</details></div><div><h3>What each layer became</h3>{_layer_table(d, t.number)}</div></div>")
 
 
+def _caveats(row: dict[str, Any]) -> str:
+    return "".join(f' <span class="badge">{e(figure_kind(k))}: {e(k)} = {e(fmt.num(v))}</span>'
+                   for k, v in row.get("caveats", {}).items())
+
+
 def _front_table(d: ReportData, prof: ProfileData) -> str:
     lat_note = e(fmt.kind_note(prof.kinds.get(prof.latency_key, "")))
     header = ["trial", e(d.quality_name), "change", f"p50 ms{lat_note}", "p90 ms", "p99 ms", "bytes", "compressed",
@@ -163,7 +168,8 @@ def _front_table(d: ReportData, prof: ProfileData) -> str:
                      fmt.signed(r.get("quality_change")), fmt.num(r["latency_p50"]), fmt.num(r["latency_p90"]),
                      fmt.num(r["latency_p99"]), e(fmt.size(r["bytes"])), e(fmt.size(r["bytes_compressed"])),
                      fmt.ratio(r.get("x_faster")), fmt.ratio(r.get("x_smaller")),
-                     fmt.ratio(r.get("x_smaller_compressed")), f'<span class="recipe">{e(r["recipe"])}</span>'])
+                     fmt.ratio(r.get("x_smaller_compressed")),
+                     f'<span class="recipe">{e(r["recipe"])}</span>{_caveats(r)}'])
     if not rows:
         return '<p class="muted">Empty: no completed trial satisfies the quality constraint.</p>'
     return _table(header, rows, set(range(1, 11)))

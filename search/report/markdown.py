@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from search.report import fmt
-from search.report.data import LAYER_COLUMNS, ReportData, grouped_picks
+from search.report.data import LAYER_COLUMNS, ReportData, figure_kind, grouped_picks
 
 
 def m(value: Any) -> str:
@@ -72,7 +72,9 @@ def render_markdown(d: ReportData, command: str) -> str:
         rows = [[str(r["trial"]), fmt.num(r["quality"]), fmt.signed(r.get("quality_change")),
                  fmt.num(r["latency_p50"]), fmt.num(r["latency_p90"]), fmt.num(r["latency_p99"]),
                  fmt.size(r["bytes"]), fmt.size(r["bytes_compressed"]), fmt.ratio(r.get("x_faster")),
-                 fmt.ratio(r.get("x_smaller")), fmt.ratio(r.get("x_smaller_compressed")), m(r["recipe"])]
+                 fmt.ratio(r.get("x_smaller")), fmt.ratio(r.get("x_smaller_compressed")),
+                 m(r["recipe"]) + "".join(f" ({figure_kind(k)}: {m(k)} = {fmt.num(v)})"
+                                          for k, v in r.get("caveats", {}).items())]
                 for r in p.rows]
         lines += _table(["trial", m(d.quality_name), "change", f"p50 ms{note}", "p90 ms", "p99 ms", "bytes",
                          "compressed", "x faster", "x smaller", "x smaller (compressed)", "recipe"], rows)

@@ -10,13 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from search.layers import LayerInfo, discover_layers
+
+if TYPE_CHECKING:
+    from search.export import Artifact
 from search.params import Rule
 
 Feeds = dict[str, np.ndarray]
@@ -79,9 +82,10 @@ class Task(ABC):
 
         return distill_loss(student_out, teacher_out, labels, config, self.task_loss)
 
-    def cached_fp32_export(self) -> Path | None:
-        """An ONNX export of `build_model()` kept from an earlier run, or None (then the pipeline
-        exports). Only used for recipes whose torch stage leaves the model as built."""
+    def cached_fp32_export(self) -> Artifact | None:
+        """An ONNX export of `build_model()` (with its layer -> node map) kept from an earlier run,
+        or None (then the pipeline exports). Used only for recipes whose torch stage leaves the
+        model as built."""
         return None
 
     def extra_metrics(self, predict: Predict) -> dict[str, float]:

@@ -18,7 +18,7 @@ import json
 import os
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from torch import nn
 from search.errors import UserError
 from search.params import Rule
 from search.tasks.base import Feeds, Predict, Task
+
+if TYPE_CHECKING:
+    from search.export import Artifact
 
 DEFAULT_STS_DIR = "../shared/data/sts"
 STS_DIR_ENV = "COMPSEARCH_STS_DIR"
@@ -294,17 +297,22 @@ class MiniLMSTSTask(Task):
         tmp.replace(path)  # atomic: a parallel worker never reads half a file
         return ref
 
-    def cached_fp32_export(self) -> Path:
+    def cached_fp32_export(self) -> Artifact:
         return self.fp32_onnx()
 
-    def fp32_onnx(self) -> Path:
-        """The uncompressed model exported once to ONNX and cached (keyed by weights and shapes)."""
-        from search.export import OPSET, export_onnx
+    def fp32_onnx(self) -> Artifact:
+        """The uncompressed model exported once to ONNX and cached (keyed by weights and opset),
+        with its layer -> node map beside it (the exporter's scope metadata is gone from the file)."""
+        from search.export import OPSET, Artifact, export_onnx
 
         path = self.cache_dir / f"minilm-fp32-{self._key('onnx', OPSET)}.onnx"
-        if not path.exists():
+        nodes = path.with_suffix(".layers.json")
+        if not (path.exists() and nodes.exists()):
             tmp = path.with_suffix(f".{os.getpid()}.tmp.onnx")  # parallel workers never share a half file
-            export_onnx(self.build_model(), self.example_inputs(), self.input_names, tmp,
-                        dynamic_shapes=self.dynamic_shapes(), output_names=self.output_names)
+            artifact = export_onnx(self.build_model(), self.example_inputs(), self.input_names, tmp,
+                                   dynamic_shapes=self.dynamic_shapes(), output_names=self.output_names)
+            tmp_nodes = nodes.with_suffix(f".{os.getpid()}.tmp")
+            tmp_nodes.write_text(json.dumps(artifact.layer_nodes))
             tmp.replace(path)
-        return path
+            tmp_nodes.replace(nodes)
+        return Artifact(path, json.loads(nodes.read_text()))

@@ -12,11 +12,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
-from search.export import Artifact, export_onnx, export_program, map_layer_nodes
+from search.export import Artifact, export_onnx, export_program
 from search.layers import discover_layers
 from search.recipe import Recipe
 from search.tasks.base import Task
@@ -67,8 +66,8 @@ def build_artifact(model: nn.Module, recipe: Recipe, task: Task, workdir: Path, 
         s.type in TECHNIQUES and TECHNIQUES[s.type].stage == "torch" for s in recipe.steps)
     cached = task.cached_fp32_export() if untouched else None
     if cached is not None:
-        shutil.copyfile(cached, workdir / "fp32.onnx")
-        fp32 = Artifact(workdir / "fp32.onnx", map_layer_nodes(onnx.load(str(cached)), compressed))
+        shutil.copyfile(cached.path, workdir / "fp32.onnx")
+        fp32 = Artifact(workdir / "fp32.onnx", dict(cached.layer_nodes))
     else:
         fp32 = export_onnx(compressed, task.example_inputs(), task.input_names, workdir / "fp32.onnx",
                            dynamic_shapes=task.dynamic_shapes(), output_names=task.output_names)

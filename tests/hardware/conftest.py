@@ -42,6 +42,12 @@ def write_mlp(path: Path, sizes: tuple[int, ...] = (16, 32, 4), seed: int = 0) -
 
 
 @pytest.fixture()
+def mlp_writer():
+    """`write_mlp` itself, for tests that need several models or their layers.json."""
+    return write_mlp
+
+
+@pytest.fixture()
 def mlp(tmp_path: Path) -> Path:
     path = tmp_path / "model.onnx"
     write_mlp(path)

@@ -11,7 +11,6 @@ import pytest
 from hardware.estimate import Roofline, layer_precision, output_positions
 from hardware.profiles import load_profile, make_backend
 from search.errors import SpaceError
-from tests.hardware.conftest import write_mlp
 
 SPEC = {"peak_tops": {"int8": 8, "fp16": 2}, "memory_bandwidth_gbs": 10, "compute_efficiency": 1,
         "memory_efficiency": 1, "float_precision": "fp16"}
@@ -63,8 +62,8 @@ def test_bad_spec_is_one_line_with_the_key() -> None:
         Roofline({**SPEC, "bandwith": 3}, "x.yaml")
 
 
-def test_output_positions_follow_batch_and_shape_inference(tmp_path: Path) -> None:
-    layers = write_mlp(tmp_path / "model.onnx")
+def test_output_positions_follow_batch_and_shape_inference(tmp_path: Path, mlp_writer) -> None:
+    layers = mlp_writer(tmp_path / "model.onnx")
     assert output_positions(tmp_path / "model.onnx", layers, batch=8, seq=0) == {"net.0": 8, "net.2": 8}
     assert output_positions(tmp_path / "model.onnx", layers, 8, 0, {"x": (3, 16)}) == {"net.0": 3, "net.2": 3}
 

@@ -10,7 +10,6 @@ from optuna.trial import create_trial
 
 from hardware.profiles import load_profile, make_backend
 from search.remeasure import remeasure_front
-from tests.hardware.conftest import write_mlp
 
 
 class Task:
@@ -18,7 +17,7 @@ class Task:
         return {"x": np.ones((batch_size, 16), np.float32)}
 
 
-def study_with(tmp_path: Path, points: dict[int, tuple[float, float, float]]) -> optuna.Study:
+def study_with(tmp_path: Path, points: dict[int, tuple[float, float, float]], write_mlp) -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     for number, values in points.items():
         d = tmp_path / f"trial-{number}"
@@ -28,10 +27,11 @@ def study_with(tmp_path: Path, points: dict[int, tuple[float, float, float]]) ->
     return study
 
 
-def test_front_points_are_timed_again_and_trade_offs_survive(tmp_path: Path, fast_profiles: Path) -> None:
+def test_front_points_are_timed_again_and_trade_offs_survive(tmp_path: Path, fast_profiles: Path, mlp_writer) -> None:
     # 0 and 1 trade quality for bytes, so neither can dominate the other whatever their latency;
     # 2 is dominated by 0 on every objective and is not re-measured.
-    study = study_with(tmp_path, {0: (0.9, 0.01, 100.0), 1: (0.8, 0.01, 50.0), 2: (0.7, 0.02, 200.0)})
+    study = study_with(tmp_path, {0: (0.9, 0.01, 100.0), 1: (0.8, 0.01, 50.0), 2: (0.7, 0.02, 200.0)},
+                       mlp_writer)
     backend = make_backend(load_profile("fast-cpu"))
     lines: list[str] = []
     record = remeasure_front(study, backend, Task(), lines.append)

@@ -38,7 +38,7 @@ def test_int8_layers_shrink_the_artifact_and_run_integer_kernels(task: DigitsTas
     # Every int8 layer really ran as an integer kernel after ORT's QDQ fusion.
     assert all(op.endswith(("QGemm", "MatMulInteger", "QLinearMatMul")) for op in m8.kernels.values()), m8.kernels
     assert not any("QGemm" in op for op in m32.kernels.values())
-    assert m8.latency is not None and m8.latency.queries >= 300 and m8.latency.p50_ms > 0
+    assert m8.latency is not None and m8.latency.queries >= 100 and m8.latency.p50_ms > 0
 
 
 def test_per_layer_choice_quantizes_only_the_chosen_layer(task: DigitsTask, tmp_path: Path) -> None:

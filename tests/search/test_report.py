@@ -151,6 +151,7 @@ def test_user_strings_are_escaped_and_figures_labelled(study_dir: Path, tmp_path
         p50 = t.metrics["ort-cpu"]["latency_p50_ms"]
         t.metrics["ort-cpu"]["latency_p50_ci_low_ms"] = p50 * 0.9
         t.metrics["ort-cpu"]["latency_p50_ci_high_ms"] = p50 * 1.1
+        t.metrics["ort-cpu"]["lowbit_simulated_layers"] = 2.0  # int2 layers that ran an fp32 kernel
     paths = write_report(view, tmp_path / "out")
     html = paths["html"].read_text()
     md = paths["markdown"].read_text()
@@ -158,6 +159,7 @@ def test_user_strings_are_escaped_and_figures_labelled(study_dir: Path, tmp_path
     assert "&lt;script&gt;alert(&#x27;study&#x27;)&lt;/script&gt;" in html
     assert "&lt;script&gt;alert(&#x27;layer&#x27;)&lt;/script&gt;" in html
     assert "p50 ms (estimate)" in html and "(estimate)" in md
+    assert "simulated: lowbit_simulated_layers = 2" in html and "simulated: lowbit_simulated_layers = 2" in md
     assert "CI low" in html and "&plusmn;10%" in html
     assert "<line x1=" in html  # CI drawn as error bars on the latency axis
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -85,8 +86,10 @@ def test_children_tags_and_front_table_agree_with_show(study_dir: Path, capsys: 
     for number in shown["pareto"]:
         files = {a.path for a in client.list_artifacts(parent.info.run_id, f"pareto/trial-{number}")}
         assert files == {f"pareto/trial-{number}/model.onnx", f"pareto/trial-{number}/layers.json"}
-    table = client.load_table(parent.info.experiment_id, "pareto_front.json", run_ids=[parent.info.run_id])
-    assert list(table["trial"]) == shown["pareto"]  # MLflow reads it as a table, too
+    # MLflow's own table format (what log_table writes and load_table reads), tagged so the UI shows a table.
+    assert {"path": "pareto_front.json", "type": "table"} in json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    path = client.download_artifacts(parent.info.run_id, "pareto_front.json")
+    assert list(pd.read_json(path, orient="split")["trial"]) == shown["pareto"]
     m = parent.data.metrics
     assert m["baseline.accuracy"] == shown["baseline"]["values"]["accuracy"]
     assert m["front.size"] == len(shown["pareto"])
@@ -115,7 +118,7 @@ def test_sync_pareto_retags_only_changed_children(study_dir: Path, capsys: pytes
     shown = show_json(study_dir, capsys)
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'optuna.db'}")
     tracker = Tracker(f"sqlite:///{study_dir / 'mlflow.db'}", "digits", study_dir / "mlartifacts")
-    tracker.parent_id = study.user_attrs[PARENT_ATTR]
+    assert tracker.attach(study) == study.user_attrs[PARENT_ATTR]
     children = tracker.logged_trials()
     front = set(shown["pareto"])
     assert tracker.sync_pareto(front, children) == 0  # already in agreement: no calls
@@ -139,7 +142,7 @@ def test_a_child_left_running_by_a_dead_process_is_completed_not_duplicated(
     shown = show_json(study_dir, capsys)
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'optuna.db'}")
     tracker = Tracker(f"sqlite:///{study_dir / 'mlflow.db'}", "digits", study_dir / "mlartifacts")
-    tracker.parent_id = study.user_attrs[PARENT_ATTR]
+    assert tracker.attach(study) == study.user_attrs[PARENT_ATTR]
     victim = shown["pareto"][-1]
     run_id = tracker.logged_trials()[victim]
     tracker.client.update_run(run_id, status="RUNNING")  # as if its writer died before terminating it
