@@ -55,3 +55,14 @@ class Context:
     # What techniques did to each layer (keyed by the layer's name when the technique ran),
     # merged into the artifact's per-layer record (layers.json).
     layer_notes: dict[str, dict] = field(default_factory=dict)
+
+
+def task_or_teacher_loss(ctx: Context, teacher: nn.Module, inputs: tuple, labels: object, out: object) -> object:
+    """Fine-tuning loss: the task's own loss where it has labels, else MSE to the teacher's outputs."""
+    import torch
+
+    if labels is not None:
+        return ctx.task.task_loss(out, labels)
+    with torch.no_grad():
+        target = teacher(*inputs)
+    return torch.nn.functional.mse_loss(out, target)

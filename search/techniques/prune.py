@@ -231,7 +231,7 @@ def _prune_structured(model: nn.Module, ratio: float, notes: dict[str, dict]) ->
             if isinstance(m, _NORM_MODULES) and m.affine and m.track_running_stats:
                 score = score * (m.weight.abs() / (m.running_var + m.eps).sqrt())
         kept = torch.sort(torch.topk(score, keep).indices).values
-        set_submodule(model, chain.producer, _slice_layer(producer, rows=kept))
+        set_submodule(model, chain.producer, slice_layer(producer, rows=kept))
         for name in chain.between:
             m = model.get_submodule(name)
             if isinstance(m, _NORM_MODULES):
@@ -241,7 +241,7 @@ def _prune_structured(model: nn.Module, ratio: float, notes: dict[str, dict]) ->
             # Flattening (C, H, W) puts channel c at inputs c*H*W .. (c+1)*H*W - 1 of the Linear.
             spatial = consumer.in_features // n
             cols = (kept[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
-        set_submodule(model, chain.consumer, _slice_layer(consumer, cols=cols))
+        set_submodule(model, chain.consumer, slice_layer(consumer, cols=cols))
         notes.setdefault(chain.producer, {})["structured_kept"] = f"{keep}/{n}"
 
 
@@ -252,7 +252,7 @@ def _consumer_norms(consumer: nn.Module, n: int, flatten: bool) -> torch.Tensor:
     return weight.transpose(0, 1).flatten(1).norm(dim=1)
 
 
-def _slice_layer(layer: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Module:
+def slice_layer(layer: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Module:
     """A new Linear/Conv keeping output `rows` and input `cols` of `layer`."""
     weight = layer.weight
     if rows is not None:

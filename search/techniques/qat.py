@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from search.errors import UserError
-from search.techniques.base import Context
+from search.techniques.base import Context, task_or_teacher_loss
 from search.techniques.quantize import QuantizeConfig, int4_dequant, lowbit_dequant
 
 LR = 5e-4
@@ -81,7 +81,8 @@ class FakeQuantLinear(nn.Module):
                 return y if b is None else y + b
             if b is not None:
                 s_b = s_a * s_w
-                b = _round_ste(b / s_b) * s_b
+                # int32 like the deployed bias: a pruned (all-zero) row has a tiny scale.
+                b = torch.clamp(_round_ste(b / s_b), -(2**31), 2**31 - 1) * s_b
             return fake_quant(nn.functional.linear(x, w, b), s_o, self.out_zero_point, 0, 255)
         elif self.bits == "int4":
             w = _ste(w, torch.from_numpy(int4_dequant(w.detach().numpy().T).T.copy()))
@@ -103,7 +104,8 @@ class FakeQuantLinear(nn.Module):
                "weight_q": w_q.numpy().astype(np.int8), "weight_scales": s_w.numpy().astype(np.float32),
                "bias_q": None, "out_scale": float(s_o), "out_zero_point": int(self.out_zero_point)}
         if self.linear.bias is not None and not self.matmul:
-            out["bias_q"] = torch.round(self.linear.bias / (s_a * s_w)).numpy().astype(np.int32)
+            bias_q = torch.clamp(torch.round(self.linear.bias.double() / (s_a * s_w).double()), -(2**31), 2**31 - 1)
+            out["bias_q"] = bias_q.numpy().astype(np.int32)
         return out
 
 
@@ -183,13 +185,7 @@ def finetune(model: nn.Module, config: QuantizeConfig, ctx: Context) -> QatModel
     net.train()
     for _ in range(config.qat_epochs):
         for inputs, labels in ctx.task.train_batches():
-            out = net(*inputs)
-            if labels is not None:
-                loss = ctx.task.task_loss(out, labels)
-            else:
-                with torch.no_grad():
-                    target = teacher(*inputs)
-                loss = nn.functional.mse_loss(out, target)
+            loss = task_or_teacher_loss(ctx, teacher, inputs, labels, net(*inputs))
             opt.zero_grad()
             loss.backward()
             opt.step()

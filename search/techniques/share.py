@@ -30,7 +30,7 @@ from search.export import Artifact
 from search.layers import LayerInfo, discover_layers
 from search.params import Categorical, Dimension, Rule
 from search.recipe import TechniqueConfig, register_config
-from search.techniques.base import Context, Technique
+from search.techniques.base import Context, Technique, task_or_teacher_loss
 
 MAX_K = 256  # indices are stored in at most one byte
 KMEANS_ITERS = 30
@@ -169,12 +169,7 @@ def _finetune(model: nn.Module, shared: dict[str, _Shared], config: ShareConfig,
         for inputs, labels in ctx.task.train_batches():
             weights = {f"{layer}.weight": s.weight() for layer, s in shared.items()}
             out = torch.func.functional_call(model, weights, inputs)
-            if labels is not None:
-                loss = ctx.task.task_loss(out, labels)
-            else:
-                with torch.no_grad():
-                    target = teacher(*inputs)
-                loss = nn.functional.mse_loss(out, target)
+            loss = task_or_teacher_loss(ctx, teacher, inputs, labels, out)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -33,6 +33,7 @@ from search.layers import LayerInfo
 from search.params import Dimension, Rule
 from search.recipe import TechniqueConfig, register_config
 from search.techniques.base import Context, Technique
+from search.techniques.prune import slice_layer
 
 
 @register_config
@@ -149,8 +150,8 @@ def _prune_ffn(layer: nn.Module, ratio: float) -> int:
     down: nn.Linear = layer.output.dense
     score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
     kept = torch.sort(torch.topk(score, _keep_count(up.out_features, ratio)).indices).values
-    layer.intermediate.dense = _slice_linear(up, rows=kept)
-    layer.output.dense = _slice_linear(down, cols=kept)
+    layer.intermediate.dense = slice_layer(up, rows=kept)
+    layer.output.dense = slice_layer(down, cols=kept)
     return int(len(kept))
 
 
@@ -165,28 +166,12 @@ def _prune_heads(layer: nn.Module, ratio: float) -> int:
     heads = torch.sort(torch.topk(score, _keep_count(n_heads, ratio)).indices).values
     rows = (heads[:, None] * size + torch.arange(size)).flatten()
     for key in ("query", "key", "value"):
-        setattr(attn, key, _slice_linear(getattr(attn, key), rows=rows))
-    out.dense = _slice_linear(out.dense, cols=rows)
+        setattr(attn, key, slice_layer(getattr(attn, key), rows=rows))
+    out.dense = slice_layer(out.dense, cols=rows)
     # The forward reshapes by head size (-1 heads); keep the bookkeeping attributes true anyway.
     attn.num_attention_heads = int(len(heads))
     attn.all_head_size = int(len(rows))
     return int(len(heads))
-
-
-def _slice_linear(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    weight = layer.weight
-    if rows is not None:
-        weight = weight[rows]
-    if cols is not None:
-        weight = weight[:, cols]
-    bias = layer.bias
-    if bias is not None and rows is not None:
-        bias = bias[rows]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None).to(weight)
-    new.weight.copy_(weight)
-    if bias is not None:
-        new.bias.copy_(bias)
-    return new
 
 
 TECHNIQUE = Technique(name="transformer_prune", stage="torch", rules=RULES, sample=sample, apply=apply,
