@@ -12,7 +12,6 @@ mid-trial is recognised and its trial retried once (search/recovery.py).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -369,10 +368,3 @@ def view_from_storage(study_name: str, storage: str) -> StudyView:
                         f"{allowed_list(names) or '(none)'}{did_you_mean(study_name, names)}")
     return StudyView.load(optuna.load_study(study_name=study_name, storage=opened))
 
-
-def summarize(view: StudyView) -> dict[str, Any]:
-    return {"study": view.name, **view.counts()}
-
-
-def dump_json(view: StudyView) -> str:
-    return json.dumps(view.to_json(), indent=2, default=str)

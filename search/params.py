@@ -30,9 +30,6 @@ class Categorical:
             return f"fixed {self.choices[0]!r}"
         return "one of " + allowed_list(self.choices)
 
-    def contains(self, value: object) -> bool:
-        return value in self.choices
-
 
 @dataclass(frozen=True)
 class Range:
@@ -54,9 +51,6 @@ class Range:
         extra = f", step {self.step}" if self.step else ""
         extra += ", log" if self.log else ""
         return f"{kind} in [{self.low}, {self.high}]{extra}"
-
-    def contains(self, value: object) -> bool:
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
 
 
 Dimension = Categorical | Range

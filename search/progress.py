@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
@@ -80,6 +79,3 @@ def _ratio(x: Any) -> str:
 def _signed(x: Any) -> str:
     return "-" if x is None else f"{x:+.4f}"
 
-
-def stream_is_tty() -> bool:
-    return sys.stdout.isatty()

@@ -48,10 +48,6 @@ def register_config(cls: type[TechniqueConfig]) -> type[TechniqueConfig]:
     return cls
 
 
-def config_types() -> dict[str, type[TechniqueConfig]]:
-    return dict(_CONFIG_TYPES)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):
         # Tuples of (key, value) pairs are how frozen configs hold mappings (layer -> bits).

@@ -206,12 +206,6 @@ def _inside_low_rank(model: nn.Module, chain: Chain) -> bool:
     return parent_p == parent_c and isinstance(model.get_submodule(parent_p) if parent_p else model, LowRank)
 
 
-def linear_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(producer, consumer) Linear pairs joined only through elementwise ops."""
-    return [(c.producer, c.consumer) for c in chains(model)
-            if isinstance(model.get_submodule(c.producer), nn.Linear) and not c.flatten]
-
-
 @torch.no_grad()
 def _prune_structured(model: nn.Module, ratio: float, notes: dict[str, dict]) -> None:
     found = chains(model)
