@@ -38,6 +38,8 @@ class TechniqueSpace:
     name: str
     dims: dict[str, Dimension]
     layer_patterns: tuple[str, ...] = ("*",)
+    # Named groups of layers that share one searched value (quantize: one bit-width per group).
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class SearchSpace:
     def sample(self, trial: optuna.Trial) -> Recipe:
         steps = []
         for tech in self.techniques:
-            config = TECHNIQUES[tech.name].sample(trial, tech.dims, self.technique_layers(tech))
+            extra = {"groups": tech.groups} if tech.groups else {}
+            config = TECHNIQUES[tech.name].sample(trial, tech.dims, self.technique_layers(tech), **extra)
             if config is not None:
                 steps.append(config)
         return Recipe(tuple(steps))
@@ -83,7 +86,8 @@ class SearchSpace:
             "sampler": self.sampler,
             "techniques": {t.name: {**{k: dim(v) for k, v in t.dims.items()},
                                     **({"layers": list(t.layer_patterns)} if "layers" in TECHNIQUES[t.name].settings
-                                       else {})}
+                                       else {}),
+                                    **({"groups": {g: list(p) for g, p in t.groups}} if t.groups else {})}
                            for t in self.techniques},
         }
 
@@ -101,6 +105,9 @@ class SearchSpace:
             if "layers" in TECHNIQUES[tech.name].settings:
                 names = [layer.name for layer in self.technique_layers(tech)]
                 lines.append(f"{tech.name} layers ({len(names)}): {', '.join(names)}")
+            for group, patterns in tech.groups:
+                members = [layer.name for layer in match_layers(self.technique_layers(tech), patterns)]
+                lines.append(f"{tech.name} group {group!r} shares one value ({len(members)}): {', '.join(members)}")
         return lines
 
 
@@ -142,6 +149,21 @@ def _patterns(file: str, key: str, raw: object) -> tuple[str, ...]:
     if isinstance(raw, list) and raw and all(isinstance(p, str) and p for p in raw):
         return tuple(raw)
     raise SpaceError(file, key, "must be a layer-name pattern or a list of them (fnmatch, e.g. 'net.*')", raw)
+
+
+def _groups(file: str, key: str, raw: object, layers: list[LayerInfo]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`{name: pattern(s)}`: each group must match at least one of the technique's layers."""
+    if not isinstance(raw, dict) or not raw:
+        raise SpaceError(file, key, "must map group names to layer-name patterns, e.g. {attention: '*.attention.*'}",
+                         raw)
+    out = []
+    for name, value in raw.items():
+        patterns = _patterns(file, f"{key}.{name}", value)
+        if not match_layers(layers, patterns):
+            raise SpaceError(file, f"{key}.{name}", "matches none of the searched layers; they are: "
+                             + allowed_list(layer.name for layer in layers), value)
+        out.append((str(name), patterns))
+    return tuple(out)
 
 
 def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
@@ -231,9 +253,13 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
                 raise SpaceError(file, f"techniques.{tname}.layers",
                                  f"matches no layer of task {task_name!r}; its layers: "
                                  f"{allowed_list(layer.name for layer in layers)}", settings.get("layers"))
+        groups = ()
+        if "groups" in technique.settings and settings.get("groups") is not None:
+            groups = _groups(file, f"techniques.{tname}.groups", settings["groups"],
+                             match_layers(list(layers), patterns))
         if technique.check is not None:
             technique.check(file, f"techniques.{tname}", dims, match_layers(list(layers), patterns))
-        techniques.append(TechniqueSpace(tname, dims, patterns))
+        techniques.append(TechniqueSpace(tname, dims, patterns, groups))
 
     return SearchSpace(
         file=file, name=name, description=str(top.get("description", "")), task_name=task_name,

@@ -35,7 +35,7 @@ import optuna
 from search import onnx_rewrite as rw
 from search.errors import SpaceError, UserError
 from search.export import Artifact
-from search.layers import LayerInfo
+from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, Rule
 from search.recipe import TechniqueConfig, register_config
 from search.techniques.base import Technique
@@ -99,11 +99,25 @@ RULES = {
     "qat_epochs": Rule("int", default=2, minimum=1, maximum=1000, help="fine-tuning epochs; only when mode is qat"),
 }
 SETTINGS = {"layers": Rule("str", default="*", searchable=False,
-                           help="fnmatch pattern(s) of layers whose bit-width is searched; others stay fp32")}
+                           help="fnmatch pattern(s) of layers whose bit-width is searched; others stay fp32"),
+            "groups": Rule("str", default=None, searchable=False,
+                           help="{name: pattern(s)}: the layers of a group share one searched bit-width")}
 
 
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> QuantizeConfig | None:
-    layer_bits = tuple((layer.name, dims["bits"].suggest(trial, f"quantize.bits.{layer.name}")) for layer in layers)
+def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo],
+           groups: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> QuantizeConfig | None:
+    chosen: dict[str, str] = {}  # group -> its bit-width, sampled once
+
+    def bits_for(layer: LayerInfo) -> str:
+        # A layer in a group takes the group's bit-width (first matching group wins); others their own.
+        group = next((g for g, patterns in groups if match_layers([layer], patterns)), None)
+        if group is None:
+            return dims["bits"].suggest(trial, f"quantize.bits.{layer.name}")
+        if group not in chosen:
+            chosen[group] = dims["bits"].suggest(trial, f"quantize.bits.group.{group}")
+        return chosen[group]
+
+    layer_bits = tuple((layer.name, bits_for(layer)) for layer in layers)
     if all(bits == "fp32" for _, bits in layer_bits):
         return None
     mode = dims["mode"].suggest(trial, "quantize.mode")

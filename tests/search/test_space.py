@@ -104,3 +104,29 @@ def test_space_hash_ignores_budget_but_not_dimensions(tmp_path: Path) -> None:
     base = load(tmp_path, VALID).hash
     assert load(tmp_path, with_change(("budget", "trials"), 50)).hash == base
     assert load(tmp_path, with_change(("techniques", "quantize", "bits"), ["int8"])).hash != base
+
+
+def test_quantize_groups_share_one_bit_width(tmp_path: Path) -> None:
+    data = with_change(("techniques", "quantize", "groups"), {"hidden": ["net.0", "net.2"]})
+    space = load(tmp_path, data)
+    assert any("group 'hidden' shares one value (2): net.0, net.2" in line for line in space.dimension_lines())
+    assert space.hash != load(tmp_path, VALID).hash
+    import optuna
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        quant = space.sample(trial).get("quantize")
+        if quant is not None:
+            assert quant.bits_of("net.0") == quant.bits_of("net.2")
+            seen.add(quant.bits_of("net.4"))
+        assert "quantize.bits.net.0" not in trial.params and "quantize.bits.net.4" in trial.params
+        study.tell(trial, [0.0, 0.0, 0.0])
+    assert seen  # the ungrouped layer still gets its own choice
+
+
+def test_quantize_group_matching_nothing_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match=r"techniques.quantize.groups.attn: matches none of the searched layers"):
+        load(tmp_path, with_change(("techniques", "quantize", "groups"), {"attn": "encoder.*"}))
