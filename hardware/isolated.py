@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,24 @@ def agent_argv(model: Path, profile: Profile, settings: MeasureSettings, feeds: 
     return argv
 
 
+def median_of_processes(time_once: Callable[[], Timing], processes: int) -> Timing:
+    """Time in `processes` fresh processes, one after another; keep the one with the median p50.
+
+    The whole figure (p90, p99, CI, environment) comes from that one process, so it stays
+    internally consistent; the host record lists every process's p50 and their spread."""
+    timings = sorted((time_once() for _ in range(max(1, processes))), key=lambda t: t.latency.p50_ms)
+    chosen = timings[(len(timings) - 1) // 2]
+    p50s = [round(t.latency.p50_ms, 6) for t in timings]
+    chosen.host = {**chosen.host, "processes": len(timings), "process_p50_ms": p50s,
+                   "process_spread": p50s[-1] / p50s[0] - 1.0 if p50s[0] > 0 else 0.0,
+                   "processes_contended": sum(bool(t.host.get("contended")) for t in timings)}
+    return chosen
+
+
 def time_onnx(model: Path, profile: Profile, query: Feeds | None, settings: MeasureSettings) -> Timing:
-    """One ONNX Runtime timing of `model` in a fresh agent process."""
+    """An ONNX Runtime timing of `model`: the median of `settings.processes` fresh agent processes."""
     with tempfile.TemporaryDirectory(prefix="compsearch-feeds-") as tmp:
         feeds = save_feeds(query, Path(tmp)) if query is not None else None
-        result = run_child(agent_argv(model, profile, settings, feeds), profile.threads, child_timeout_s(settings))
-    return timing_from_json(result)
+        argv = agent_argv(model, profile, settings, feeds)
+        return median_of_processes(
+            lambda: timing_from_json(run_child(argv, profile.threads, child_timeout_s(settings))), settings.processes)

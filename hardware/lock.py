@@ -10,7 +10,9 @@ terms (ratios between candidates flip). Two sides share one lock file per host:
   waits for the running slots to end and no new slot starts until it is done.
 
 A turnstile file gives the waiting measurement priority over new slots (flock has no
-writer preference). Locks die with their holder, so a killed worker never wedges the host.
+writer preference). Long compression work (distillation, fine-tuning: minutes) calls
+`let_measurements_through()` between epochs, so a waiting timing runs then instead of
+after the whole build. Locks die with their holder, so a killed worker never wedges the host.
 `COMPSEARCH_MEASURE_LOCK` names the lock file; `none` turns locking off (for comparisons).
 """
 
@@ -40,6 +42,7 @@ def measurement_lock() -> Iterator[None]:
 
 
 _slot_depth = 0  # compute slots this process holds (nested ones share the outer lock)
+_slot_files: tuple = ()  # (turnstile, main) files of the outermost slot, while it is held
 
 
 def holding_compute_slot() -> bool:
@@ -62,13 +65,32 @@ def compute_slot() -> Iterator[None]:
         finally:
             _slot_depth -= 1
         return
+    global _slot_files
     with open(str(path) + ".turn", "a+") as turn, open(path, "a+") as main:
-        fcntl.flock(turn, fcntl.LOCK_EX)  # wait behind a measurement that is waiting or running
-        fcntl.flock(turn, fcntl.LOCK_UN)
-        fcntl.flock(main, fcntl.LOCK_SH)
+        _enter_slot(turn, main)
         _slot_depth += 1
+        _slot_files = (turn, main)
         try:
             yield
         finally:
             _slot_depth -= 1
+            _slot_files = ()
             fcntl.flock(main, fcntl.LOCK_UN)
+
+
+def _enter_slot(turn, main) -> None:
+    fcntl.flock(turn, fcntl.LOCK_EX)  # wait behind a measurement that is waiting or running
+    fcntl.flock(turn, fcntl.LOCK_UN)
+    fcntl.flock(main, fcntl.LOCK_SH)
+
+
+def let_measurements_through() -> None:
+    """Inside a compute slot: if a measurement waits, step out until it is done, then go on.
+
+    A measurement holds the turnstile from the moment it asks until it finishes, so taking the
+    turnstile here returns at once when none waits and blocks exactly while one runs."""
+    if not _slot_files:
+        return
+    turn, main = _slot_files
+    fcntl.flock(main, fcntl.LOCK_UN)
+    _enter_slot(turn, main)

@@ -86,7 +86,7 @@ def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles", 
             raise SpaceError(file, f"measure.{k}", "must be a number >= 0", v)
         if k == "confidence" and not 0 < v < 1:
             raise SpaceError(file, "measure.confidence", "must be between 0 and 1 (e.g. 0.95)", v)
-        if k in ("max_attempts", "remeasure_factor") and v < 1:
+        if k in ("max_attempts", "remeasure_factor", "processes") and v < 1:
             raise SpaceError(file, f"measure.{k}", "must be >= 1", v)
     device, precision = raw.get("device", "cpu"), raw.get("precision", "fp32")
     if device not in DEVICES:

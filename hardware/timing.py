@@ -16,6 +16,6 @@ def agent_settings_args(settings: MeasureSettings) -> list[str]:
     """The agent's command-line flags for these settings."""
     args = []
     for key, value in asdict(settings).items():
-        if key != "remeasure_factor":
+        if key not in ("remeasure_factor", "processes"):  # not the agent's business
             args += [f"--{key.replace('_', '-')}", str(value)]
     return args

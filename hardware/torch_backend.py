@@ -31,7 +31,7 @@ import torch
 from hardware import agent
 from hardware.base import Backend, Feeds, Measurement, MeasureSettings, Prepared, Profile, Timing
 from hardware.environment import environment
-from hardware.isolated import child_timeout_s, run_child, save_feeds, timing_from_json
+from hardware.isolated import child_timeout_s, median_of_processes, run_child, save_feeds, timing_from_json
 from hardware.lock import compute_slot, lock_path
 from hardware.sizes import compressed_bytes
 from search.errors import UserError
@@ -96,8 +96,9 @@ class TorchBackend(Backend):
                        "settings": asdict(settings), "lock": str(lock_path()) if lock_path() else None}
             req = Path(tmp) / "request.json"
             req.write_text(json.dumps(request))
-            result = run_child(["-m", "hardware.torch_backend", str(req)], p.threads, child_timeout_s(settings))
-        return timing_from_json(result)
+            return median_of_processes(lambda: timing_from_json(
+                run_child(["-m", "hardware.torch_backend", str(req)], p.threads, child_timeout_s(settings))),
+                settings.processes)
 
     def measure(self, model_path: Path, layer_nodes: dict[str, str],
                 evaluate: Callable[[Callable[[Feeds], np.ndarray]], float], query: Feeds) -> Measurement:

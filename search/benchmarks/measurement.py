@@ -73,7 +73,8 @@ def _figure(t: Timing) -> dict[str, Any]:
     return {"p50_ms": lat.p50_ms, "ci_low_ms": lat.ci_low_ms, "ci_high_ms": lat.ci_high_ms, "p99_ms": lat.p99_ms,
             "queries": lat.queries, "contended": bool(t.host["contended"]), "attempts": t.host["attempts"],
             "other_cpu_cores": t.host["other_cpu_cores"], "cpu_wall_ratio": t.host["cpu_wall_ratio"],
-            "loadavg_1m": t.host["loadavg_1m"]}
+            "loadavg_1m": t.host["loadavg_1m"], "process_p50_ms": t.host.get("process_p50_ms", [lat.p50_ms]),
+            "process_spread": t.host.get("process_spread", 0.0)}
 
 
 @contextlib.contextmanager
@@ -120,15 +121,18 @@ def markdown(result: dict[str, Any]) -> str:
              f"Artifact: digits MLP 64-{TASK_OPTIONS['hidden']}-{TASK_OPTIONS['hidden'] // 2}-10 fp32. Host: "
              f"{result['environment']}. `other cores busy` is the CPU that every other process on the host used "
              "while the figure was taken (this host is shared with other work that the lock does not cover).", "",
-             "| profile | condition | runs | p50 mean ms | p50 min..max ms | CV | contended | other cores busy |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Each figure is the median of {result['processes']} fresh processes (the profile's `processes`); "
+             "`process spread` is the largest max/min - 1 of those p50s within one figure.", "",
+             "| profile | condition | runs | p50 mean ms | p50 min..max ms | CV | contended | process spread | "
+             "other cores busy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for profile, conditions in result["profiles"].items():
         for key, block in conditions.items():
             s, figs = block["summary"], block["figures"]
             other = ", ".join(f"{f['other_cpu_cores']:.2f}" if f["other_cpu_cores"] is not None else "?" for f in figs)
             lines.append(f"| {profile} | {key.replace('_', ' ')} | {s['runs']} | {s['p50_mean_ms']:.4f} | "
                          f"{s['p50_min_ms']:.4f}..{s['p50_max_ms']:.4f} | {s['cv']:.1%} | "
-                         f"{s['contended']}/{s['runs']} | {other} |")
+                         f"{s['contended']}/{s['runs']} | {max(f['process_spread'] for f in figs):.1%} | {other} |")
     lines.append("")
     for profile, conditions in result["profiles"].items():
         lo, hi = conditions["quiet"]["summary"]["p50_min_ms"], conditions["quiet"]["summary"]["p50_max_ms"]
@@ -136,8 +140,10 @@ def markdown(result: dict[str, Any]) -> str:
             figs = conditions[key]["figures"]
             inside = sum(lo <= f["p50_ms"] <= hi for f in figs)
             worst = max(abs(f["p50_ms"] / statistics.fmean([lo, hi]) - 1) for f in figs)
+            shift = conditions[key]["summary"]["p50_mean_ms"] / conditions["quiet"]["summary"]["p50_mean_ms"] - 1
             lines.append(f"- {profile}, {key.replace('_', ' ')}: {inside}/{len(figs)} p50 inside the quiet range "
-                         f"[{lo:.4f}, {hi:.4f}] ms; worst deviation from its middle {worst:.1%}.")
+                         f"[{lo:.4f}, {hi:.4f}] ms; worst deviation from its middle {worst:.1%}; "
+                         f"mean {shift:+.1%} against the quiet mean.")
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--load-runs", type=int, default=3)
+    parser.add_argument("--load-runs", type=int, default=5)
     parser.add_argument("--profiles", default="ort-cpu,ort-cpu-2t")
     parser.add_argument("--train-for", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--ready", help=argparse.SUPPRESS)
@@ -170,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "environment": f"{env['cpu']}, {env['cores']} cores, onnxruntime {env['onnxruntime']}",
-              "settings": {n: load_profile(n).measure.__dict__ for n in results}, "profiles": results}
+              "settings": {n: load_profile(n).measure.__dict__ for n in results}, "profiles": results,
+              "processes": ", ".join(sorted({str(load_profile(n).measure.processes) for n in results}))}
     (out / "measurement.json").write_text(json.dumps(result, indent=1))
     (out / "measurement.md").write_text(markdown(result))
     print(markdown(result))

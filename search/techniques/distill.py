@@ -22,6 +22,7 @@ import optuna
 import torch
 from torch import nn
 
+from hardware.lock import let_measurements_through
 from search.errors import UserError
 from search.layers import LayerInfo
 from search.params import Dimension, Rule
@@ -101,10 +102,17 @@ def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
     # Weights pruned to exactly zero stay zero: distillation must not undo unstructured pruning.
     masks = {name: (p != 0) for name, p in model.named_parameters() if ctx.keep_zeros and p.dim() > 1}
     model.train()
+    batches = ctx.task.train_batches()
+    targets: list[torch.Tensor | None] = [None] * len(batches)  # the teacher runs once per batch, not per epoch
+    order = torch.Generator().manual_seed(ctx.seed)
     for _ in range(config.epochs):
-        for inputs, labels in ctx.task.train_batches():
-            with torch.no_grad():
-                target = teacher(*inputs)
+        for i in torch.randperm(len(batches), generator=order).tolist():
+            let_measurements_through()  # a waiting timing on this host runs now, not after all epochs
+            inputs, labels = batches[i]
+            if targets[i] is None:
+                with torch.no_grad():
+                    targets[i] = teacher(*inputs)
+            target = targets[i]
             # The task decides how outputs are compared (KL on logits for classifiers by default).
             loss = ctx.task.distill_loss(model(*inputs), target, labels, config)
             opt.zero_grad()

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hardware.lock import let_measurements_through
 from search.errors import UserError
 from search.techniques.base import Context, task_or_teacher_loss
-from search.techniques.quantize import QuantizeConfig, int4_dequant, lowbit_dequant
+from search.techniques.quantize import INT4_BLOCK, QuantizeConfig, int4_dequant, lowbit_dequant
 
 LR = 5e-4
 
@@ -52,8 +53,9 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
 
 class FakeQuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear, bits: str, in_range: tuple[float, float], out_range: tuple[float, float],
-                 matmul: bool = False):
+                 matmul: bool = False, block: int = INT4_BLOCK):
         super().__init__()
+        self.block = block  # int4: MatMulNBits block size
         # `matmul`: inputs of rank > 2, which the exporter writes as MatMul + a float bias Add
         # (2-D inputs become one Gemm, bias inside): the output is quantized before the bias.
         self.linear, self.bits, self.matmul = linear, bits, matmul
@@ -85,7 +87,7 @@ class FakeQuantLinear(nn.Module):
                 b = torch.clamp(_round_ste(b / s_b), -(2**31), 2**31 - 1) * s_b
             return fake_quant(nn.functional.linear(x, w, b), s_o, self.out_zero_point, 0, 255)
         elif self.bits == "int4":
-            w = _ste(w, torch.from_numpy(int4_dequant(w.detach().numpy().T).T.copy()))
+            w = _ste(w, torch.from_numpy(int4_dequant(w.detach().numpy().T, self.block).T.copy()))
         elif self.bits in ("int2", "binary"):
             w = _ste(w, torch.from_numpy(lowbit_dequant(w.detach().numpy(), self.bits, axis=0)))
         elif self.bits == "fp16":
@@ -166,7 +168,7 @@ def wrap(model: nn.Module, config: QuantizeConfig, ctx: Context) -> QatModel:
     wrapped = {}
     for name in layers:
         wrapper = FakeQuantLinear(model.get_submodule(name), config.bits_of(name),
-                                  *ranges.get(name, ((0.0, 1.0), (0.0, 1.0), False)))
+                                  *ranges.get(name, ((0.0, 1.0), (0.0, 1.0), False)), block=config.block_size)
         _set_submodule(model, name, wrapper)
         wrapped[name] = wrapper
     return QatModel(model, wrapped)
@@ -185,6 +187,7 @@ def finetune(model: nn.Module, config: QuantizeConfig, ctx: Context) -> QatModel
     net.train()
     for _ in range(config.qat_epochs):
         for inputs, labels in ctx.task.train_batches():
+            let_measurements_through()
             loss = task_or_teacher_loss(ctx, teacher, inputs, labels, net(*inputs))
             opt.zero_grad()
             loss.backward()

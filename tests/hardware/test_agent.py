@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hardware import agent
-from hardware.lock import compute_slot, measurement_lock
+from hardware.lock import compute_slot, let_measurements_through, measurement_lock
 
 
 def test_median_ci_is_the_order_statistic_interval() -> None:
@@ -90,6 +90,33 @@ def test_measurement_waits_for_running_compute_slots() -> None:
         events.append("compute done")
     t.join(5)
     assert events == ["compute done", "measured"]
+
+
+def test_long_compute_lets_a_waiting_measurement_through_between_epochs() -> None:
+    events: list[str] = []
+    entered = threading.Event()
+
+    def measurer() -> None:
+        entered.wait(5)
+        with measurement_lock():
+            events.append("measured")
+            time.sleep(0.2)
+            events.append("measure done")
+
+    t = threading.Thread(target=measurer)
+    t.start()
+    with compute_slot():
+        entered.set()
+        for epoch in range(20):  # ~1 s of "training" in 50 ms epochs
+            let_measurements_through()
+            events.append(f"epoch {epoch}")
+            time.sleep(0.05)
+    events.append("compute done")
+    t.join(5)
+    # The timing ran mid-build, and no epoch overlapped it.
+    assert events.index("measure done") < events.index("compute done")
+    assert events[events.index("measured") + 1] == "measure done"
+    let_measurements_through()  # outside a slot: nothing to step out of
 
 
 def test_timing_inside_a_compute_slot_fails_loudly_instead_of_hanging() -> None:

@@ -70,3 +70,17 @@ def test_cuda_provider_measures_on_the_gpu(mlp: Path) -> None:
     m = make_backend(load_profile("ort-cuda")).measure(mlp, {}, accuracy_of, QUERY)
     assert m.environment["provider"] == "CUDAExecutionProvider"
     assert "CUDAExecutionProvider" in m.environment["placement"]
+
+
+def test_a_figure_is_the_median_of_several_fresh_processes(mlp: Path, fast_profiles: Path) -> None:
+    from dataclasses import replace
+
+    from hardware.isolated import time_onnx
+
+    profile = load_profile("fast-cpu")
+    timing = time_onnx(mlp, profile, QUERY, replace(profile.measure, processes=3))
+    p50s = timing.host["process_p50_ms"]
+    assert timing.host["processes"] == 3 and len(p50s) == 3 and p50s == sorted(p50s)
+    assert timing.latency.p50_ms == pytest.approx(p50s[1], rel=1e-6)  # the middle one, whole
+    assert timing.host["process_spread"] == pytest.approx(p50s[2] / p50s[0] - 1)
+    assert 0 <= timing.host["processes_contended"] <= 3
