@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from search.tasks.base import Task
 
 # The fixed pipeline order; a recipe that leaves a technique out skips it.
-ORDER = ("factorize", "prune", "transformer_prune", "distill", "share", "quantize")
+# Whole-structure cuts first (transformer_prune removes layers, neurons and heads), then the
+# per-matrix ones on what is left; distillation recovers quality before weights are shared and quantized.
+ORDER = ("transformer_prune", "factorize", "prune", "distill", "share", "quantize")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Apply a recipe to a model: torch-stage techniques in the fixed order, export, ONNX stage.
 
-Order (fixed, documented): factorize -> prune -> distill/fine-tune -> share -> quantize.
+Order (fixed, documented): transformer_prune -> factorize -> prune -> distill/fine-tune -> share -> quantize.
 QAT (quantize mode qat) fine-tunes after share, then the ONNX stage quantizes with the learned
 scales; shared fp32 layers are finally stored as codebook + indices.
 """

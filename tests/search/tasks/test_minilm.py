@@ -83,6 +83,35 @@ def test_transformer_prune_shrinks_real_matrices_and_exports(task, tmp_path: Pat
     assert len(artifact.layer_nodes) == 4 * 6  # every kept Linear found in the graph
 
 
+@pytest.mark.slow
+def test_cuts_low_rank_ffn_and_quantized_embeddings_compose(task, tmp_path: Path) -> None:
+    """Layers, FFN neurons, then low-rank FFN on what is left, then int4 Linear layers and int4
+    embedding tables: one artifact that ONNX Runtime runs, far smaller than fp32."""
+    import onnx
+    import onnxruntime as ort
+
+    from search.recipe import Recipe
+    from search.techniques.factorize import FactorizeConfig
+    from search.techniques.pipeline import build_artifact
+    from search.techniques.quantize import QuantizeConfig
+
+    ffn = tuple(la.name for la in task.layers()
+                if la.name.endswith(("intermediate.dense", "output.dense")) and ".attention." not in la.name)
+    recipe = Recipe((TransformerPruneConfig(ffn_ratio=0.25, keep_layers=5),
+                     FactorizeConfig(layers=ffn, rank_ratio=0.5),
+                     QuantizeConfig(layer_bits=tuple((la.name, "int4") for la in task.layers()),
+                                    embedding_bits="int4", block_size=128)))
+    artifact = build_artifact(task.build_model(), recipe, task, tmp_path / "trial")
+    factorized = [name for name, info in artifact.layers.items() if name.endswith(".intermediate.dense.0")]
+    assert len(factorized) == 5  # the FFN of every kept layer; the removed layer's is skipped
+    ops = {n.op_type for n in onnx.load(str(artifact.path)).graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
+    assert artifact.bytes < task.fp32_onnx().bytes / 8
+    session = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"])
+    fidelity = task.extra_metrics(lambda feeds: session.run(None, feeds)[0])["embedding_fidelity"]
+    assert 0.3 < fidelity < 0.99
+
+
 def test_embedding_distill_loss_is_zero_at_the_teacher(task) -> None:
     t = torch.nn.functional.normalize(torch.randn(4, 384), dim=-1)
     assert float(task.distill_loss(t, t, None, None)) == pytest.approx(0.0, abs=1e-6)
