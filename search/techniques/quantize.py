@@ -307,13 +307,17 @@ def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], config: QuantizeConf
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=config.per_channel,
                          nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
         model = onnx.load(str(out))
-    names = {n.name for n in model.graph.node if n.op_type == "MatMulInteger"}
-    renamed = {}
-    for name in nodes:
-        if f"{name}_quant" not in names:
-            raise RuntimeError(f"int8 dynamic: ONNX Runtime's quantizer skipped node {name!r}")
-        renamed[name] = f"{name}_quant"
-    return model, renamed
+    return model, _renamed_nodes(model, nodes, "MatMulInteger", "_quant", "int8 dynamic")
+
+
+def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_type: str, suffix: str, what: str) -> dict[str, str]:
+    """ORT's quantizers rename the nodes they replace (name + suffix): map each layer's node to its
+    new name, and fail loudly if one was skipped rather than report an fp32 layer as quantized."""
+    names = {n.name for n in model.graph.node if n.op_type == op_type}
+    missing = [name for name in nodes if f"{name}{suffix}" not in names]
+    if missing:
+        raise RuntimeError(f"{what}: ONNX Runtime's quantizer skipped node(s) {missing}")
+    return {name: f"{name}{suffix}" for name in nodes}
 
 
 def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -327,13 +331,7 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.Mo
                                                          nodes_to_include=nodes, nodes_to_exclude=others)
         quantizer.process()
     model = quantizer.model.model
-    names = {n.name for n in model.graph.node if n.op_type == "MatMulNBits"}
-    renamed = {}
-    for name in nodes:
-        if f"{name}_Q4" not in names:
-            raise RuntimeError(f"int4: ONNX Runtime's MatMulNBits quantizer skipped node {name!r}")
-        renamed[name] = f"{name}_Q4"
-    return model, renamed
+    return model, _renamed_nodes(model, nodes, "MatMulNBits", "_Q4", "int4")
 
 
 def apply(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]],
