@@ -108,7 +108,7 @@ def test_mixed_bits_in_one_artifact_run_their_own_kernels(task, fp32, backend, t
     assert kernels["net.2"] == "com.microsoft.MatMulNBits"
     assert kernels["net.4"].split(".")[-1] in ("Gemm", "FusedGemm")
     assert artifact.layer_nodes["net.2"].endswith("_Q4")  # the node the int4 layer runs as now
-    assert quality > 0.8
+    assert quality > 0.7  # binary last layer: 0.885-0.91 over reruns (training is not bit-exact); chance is 0.1
 
 
 def test_int4_reference_matches_what_matmulnbits_computes(task, fp32, tmp_path: Path) -> None:
