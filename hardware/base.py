@@ -28,7 +28,7 @@ class MeasureSettings:
     contended and taken again, `max_attempts` times at most. `remeasure_factor` scales the
     minima for the longer re-measurement of the Pareto candidates at the end of a study.
     `processes` fresh processes time the query one after another and the figure is the one
-    with the median p50: a single process now and then runs 10-40% slow on a VM (where its
+    with the median p50: a single process now and then runs 10-100% slow on a VM (where its
     memory landed, which core it got), and the median of three ignores that one.
     """
 

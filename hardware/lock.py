@@ -11,7 +11,7 @@ terms (ratios between candidates flip). Two sides share one lock file per host:
 
 A turnstile file gives the waiting measurement priority over new slots (flock has no
 writer preference). Long compression work (distillation, fine-tuning: minutes) calls
-`let_measurements_through()` between epochs, so a waiting timing runs then instead of
+`let_measurements_through()` between batches, so a waiting timing runs then instead of
 after the whole build. Locks die with their holder, so a killed worker never wedges the host.
 `COMPSEARCH_MEASURE_LOCK` names the lock file; `none` turns locking off (for comparisons).
 """

@@ -160,14 +160,6 @@ def _halves(layer: nn.Module, a: torch.Tensor, b: torch.Tensor, r: int) -> tuple
     return first, second
 
 
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-    except AttributeError:
-        return False
-    return True
-
-
 @torch.no_grad()
 def apply(model: nn.Module, config: FactorizeConfig, ctx: Context | None = None) -> nn.Module:
     model = copy.deepcopy(model)
@@ -175,7 +167,7 @@ def apply(model: nn.Module, config: FactorizeConfig, ctx: Context | None = None)
     modules = dict(model.named_modules())
     for name in config.layers:
         layer = modules.get(name)
-        if layer is None and ctx is not None and _has(ctx.teacher, name):
+        if layer is None and ctx is not None and name in dict(ctx.teacher.named_modules()):
             # The space found this layer in the model; an earlier step (transformer_prune's
             # keep_layers) removed it from this candidate: nothing to factorize.
             notes[name] = {"factorize": "skipped: removed by an earlier step"}
