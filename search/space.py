@@ -234,7 +234,9 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
                              "unknown technique; " + one_of(TECHNIQUES, tname).replace("must be one of", "allowed:"),
                              tname)
 
-    layers = tuple(task_cls(task_options, cache_dir).layers())
+    task = task_cls(task_options, cache_dir)
+    task.check_data()
+    layers = tuple(task.layers())
     techniques = []
     for tname in ORDER:
         if tname not in tech_raw:

@@ -103,5 +103,11 @@ class Task(ABC):
     def layers(self) -> list[LayerInfo]:
         return discover_layers(self.build_model(trained=False))
 
+    def check_data(self) -> None:  # noqa: B027 - an optional hook: by default there is nothing to check
+        """Raise UserError if the task's data cannot be read (a missing folder, no files).
+
+        Called when the space is loaded, so `validate` and `run` stop with one line before
+        any study or run is written, not at the baseline trial."""
+
     def describe(self) -> str:
         return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.options.items())})"

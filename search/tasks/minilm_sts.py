@@ -180,6 +180,10 @@ class MiniLMSTSTask(Task):
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(text))
         return [text[i] for i in order]
 
+    def check_data(self) -> None:
+        # The folder, its evaluation files and the training text (each raises a one-line UserError).
+        _ = self.eval_sets, self.train_text
+
     def _encode(self, sentences: list[str], max_length: int, pad_to: int | None = None) -> Feeds:
         enc = _tokenizer()(sentences, truncation=True, max_length=pad_to or max_length, return_tensors="np",
                            padding="max_length" if pad_to else True)

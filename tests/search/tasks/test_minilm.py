@@ -154,3 +154,15 @@ def test_two_trials_end_to_end(tmp_path: Path, capsys, monkeypatch: pytest.Monke
     cache = results / "cache" / "models"
     assert len(list(cache.glob("minilm-ref-*.npy"))) == 1
     assert len(list(cache.glob("minilm-fp32-*.onnx"))) == 1
+
+
+def test_a_missing_sts_folder_stops_validate_and_run_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    space = tmp_path / "minilm.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "task": {"name": "minilm-sts",
+                                                        "options": {"sts_dir": str(tmp_path / "nowhere")}}}))
+    results = tmp_path / "results"
+    for argv in (["validate", str(space)], ["run", str(space), "--results-dir", str(results)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "sts_dir" in err[0] and "is not a folder" in err[0], err
+    assert not results.exists()
