@@ -12,10 +12,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from hardware.artifact import Artifact
 
 Feeds = dict[str, np.ndarray]
 
@@ -171,13 +172,15 @@ class Backend(ABC):
 
     Contract:
     - `check_available` raises UserError naming the missing package before anything runs.
+    - Every method receives the whole `Artifact` (the ONNX file, the layer -> node map, the
+      per-layer records, sidecars such as the torch.export `program`) and reads nothing else
+      from disk: no file is found beside the model by its name.
     - `prepare` must fail loudly rather than fall back to another device.
     - `measure` computes quality from this backend's own outputs (`evaluate(run)`), and
       times through `time`, which runs in a fresh process doing nothing else (see
       `hardware.isolated`) under the host-wide measurement lock.
-    - The artifact is the trial directory's `model.onnx`; a backend with `needs_program`
-      also reads `model.pt2` beside it (torch.export program of the compressed module,
-      before ONNX-stage quantization).
+    - A backend with `needs_program` runs `artifact.program` (the compressed module before
+      ONNX-stage quantization) and refuses an artifact without one.
     """
 
     needs_program: ClassVar[bool] = False
@@ -191,14 +194,15 @@ class Backend(ABC):
         """Raise UserError naming the missing package or provider if `profile` cannot run here."""
 
     @abstractmethod
-    def prepare(self, model_path: Path, layer_nodes: dict[str, str]) -> Prepared:
+    def prepare(self, artifact: Artifact) -> Prepared:
         """Load the artifact for this profile."""
 
     @abstractmethod
-    def measure(self, model_path: Path, layer_nodes: dict[str, str],
-                evaluate: Callable[[Callable[[Feeds], np.ndarray]], float], query: Feeds) -> Measurement:
+    def measure(self, artifact: Artifact, evaluate: Callable[[Callable[[Feeds], np.ndarray]], float],
+                query: Feeds) -> Measurement:
         """Quality via `evaluate(run)`, then latency of `query` per the profile's settings."""
 
-    def time(self, model_path: Path, query: Feeds, settings: MeasureSettings | None = None) -> Timing:
-        """Latency of `query` in a fresh process (settings default to the profile's)."""
+    def time(self, artifact: Artifact, query: Feeds | None, settings: MeasureSettings | None = None) -> Timing:
+        """Latency of `query` (None: random inputs shaped from the model) in a fresh process
+        (settings default to the profile's)."""
         raise NotImplementedError(f"backend {self.profile.backend!r} does not time artifacts")

@@ -1,6 +1,6 @@
 """Analytic latency for targets that are not attached (an edge NPU, a given GPU): a roofline.
 
-Per compressible layer (from the trial's `layers.json`: shape, parameters, bit-width,
+Per compressible layer (from the artifact's layer records, `layers.json`: shape, parameters, bit-width,
 sparsity) the estimate takes the larger of
 
     compute = 2 * MACs / (peak ops/s at the layer's precision * compute_efficiency)
@@ -22,7 +22,6 @@ provider in this process (recorded as `quality_from`). Every latency metric carr
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -33,18 +32,30 @@ import numpy as np
 import onnx
 
 from hardware import agent
+from hardware.artifact import Artifact
 from hardware.base import Backend, Feeds, Measurement, Prepared, Profile
 from hardware.environment import environment
+from hardware.errors import SpaceError, UserError
 from hardware.lock import compute_slot
-from hardware.sizes import artifact_bytes, compressed_bytes
-from search.errors import SpaceError, UserError
+from hardware.schema import Rule, validate
 
 PRECISIONS = ("int4", "int8", "fp16", "bf16", "fp32")
 WIDER = {"int4": "int8", "int8": "fp16", "fp16": "fp32", "bf16": "fp32"}
-SPEC_KEYS = {"peak_tops": "tera-ops/s per precision (1 MAC = 2 ops), e.g. {int8: 6, fp16: 1.5}",
-             "memory_bandwidth_gbs": "GB/s", "compute_efficiency": "0 < x <= 1", "memory_efficiency": "0 < x <= 1",
-             "layer_overhead_us": ">= 0", "fixed_overhead_us": ">= 0",
-             "float_precision": "precision fp32 layers run at", "skips_zeros": "true/false", "source": "text"}
+_POSITIVE = {"minimum": 0, "min_exclusive": True}
+_FRACTION = {"minimum": 0, "maximum": 1, "min_exclusive": True}
+SPEC_SCHEMA: dict[str, Rule] = {
+    "peak_tops": Rule("mapping", keys=PRECISIONS, items=Rule("float", **_POSITIVE),
+                      text=f"a mapping of precisions ({', '.join(PRECISIONS)}) to tera-ops/s",
+                      help="tera-ops/s per precision (1 MAC = 2 ops), e.g. {int8: 6, fp16: 1.5}"),
+    "memory_bandwidth_gbs": Rule("float", **_POSITIVE, help="memory bandwidth, GB/s"),
+    "compute_efficiency": Rule("float", default=0.5, **_FRACTION, help="fraction of the peak a layer reaches"),
+    "memory_efficiency": Rule("float", default=0.7, **_FRACTION, help="fraction of the bandwidth a layer reaches"),
+    "layer_overhead_us": Rule("float", default=0.0, minimum=0, help="dispatch overhead per layer, microseconds"),
+    "fixed_overhead_us": Rule("float", default=0.0, minimum=0, help="overhead per inference, microseconds"),
+    "float_precision": Rule("str", default="fp32", choices=PRECISIONS, help="the precision fp32 layers run at"),
+    "skips_zeros": Rule("bool", default=False, help="whether the target skips zero weights"),
+    "source": Rule("str", default="", help="where the figures come from"),
+}
 
 
 def layer_precision(bits: str) -> tuple[str, int]:
@@ -98,27 +109,18 @@ class Roofline:
     """A target's peak numbers, from the profile's `spec`."""
 
     def __init__(self, spec: dict[str, Any], where: str):
-        for key in spec:
-            if key not in SPEC_KEYS:
-                raise SpaceError(where, f"spec.{key}", f"unknown key; allowed: {', '.join(SPEC_KEYS)}", key)
-        peaks = spec.get("peak_tops")
-        if not isinstance(peaks, dict) or not peaks or any(p not in PRECISIONS for p in peaks):
+        values = validate(where, "spec", SPEC_SCHEMA, spec)
+        if not values["peak_tops"]:
             raise SpaceError(where, "spec.peak_tops", f"must map precisions ({', '.join(PRECISIONS)}) to "
-                             "tera-ops/s", peaks)
-        self.peak = {p: float(v) * 1e12 for p, v in peaks.items()}
-        self.bandwidth = float(spec.get("memory_bandwidth_gbs", 0)) * 1e9
-        if self.bandwidth <= 0:
-            raise SpaceError(where, "spec.memory_bandwidth_gbs", "must be a number > 0",
-                             spec.get("memory_bandwidth_gbs"))
-        self.compute_eff = float(spec.get("compute_efficiency", 0.5))
-        self.memory_eff = float(spec.get("memory_efficiency", 0.7))
-        self.layer_overhead_s = float(spec.get("layer_overhead_us", 0)) * 1e-6
-        self.fixed_overhead_s = float(spec.get("fixed_overhead_us", 0)) * 1e-6
-        self.float_precision = str(spec.get("float_precision", "fp32"))
-        self.skips_zeros = bool(spec.get("skips_zeros", False))
-        if self.float_precision not in PRECISIONS:
-            raise SpaceError(where, "spec.float_precision", f"must be one of {', '.join(PRECISIONS)}",
-                             self.float_precision)
+                             "tera-ops/s", values["peak_tops"])
+        self.peak = {p: v * 1e12 for p, v in values["peak_tops"].items()}
+        self.bandwidth = values["memory_bandwidth_gbs"] * 1e9
+        self.compute_eff = values["compute_efficiency"]
+        self.memory_eff = values["memory_efficiency"]
+        self.layer_overhead_s = values["layer_overhead_us"] * 1e-6
+        self.fixed_overhead_s = values["fixed_overhead_us"] * 1e-6
+        self.float_precision = values["float_precision"]
+        self.skips_zeros = values["skips_zeros"]
 
     def runs_at(self, precision: str) -> str:
         """The precision a layer really computes at: its own, else the next wider one the target has."""
@@ -168,27 +170,25 @@ class EstimateBackend(Backend):
     def check_available(cls, profile: Profile) -> None:
         Roofline(profile.spec, profile.source)
 
-    def prepare(self, model_path: Path, layer_nodes: dict[str, str]) -> Prepared:
-        return _CpuPrepared(agent.ort_session(str(model_path), "CPUExecutionProvider", {}, 1))
+    def prepare(self, artifact: Artifact) -> Prepared:
+        return _CpuPrepared(agent.ort_session(str(artifact.path), "CPUExecutionProvider", {}, 1))
 
-    def estimates(self, model_path: Path, query: Feeds | None = None) -> dict[str, float]:
-        layers_file = model_path.parent / "layers.json"
-        if not layers_file.exists():
-            raise UserError(f"{model_path}: profile {self.profile.name} estimates from the layers.json a search "
-                            f"writes beside the artifact, and there is none")
-        layers = json.loads(layers_file.read_text())
-        positions = output_positions(model_path, layers, self.profile.batch_size, self.profile.sequence_length,
-                                     {k: v.shape for k, v in (query or {}).items()})
-        return Roofline(self.profile.spec, self.profile.source).estimate(layers, positions)
+    def estimates(self, artifact: Artifact, query: Feeds | None = None) -> dict[str, float]:
+        if not artifact.layers:
+            raise UserError(f"{artifact.path}: profile {self.profile.name} estimates from what each layer became "
+                            f"(the artifact's layer records, which a search writes), and this artifact has none")
+        positions = output_positions(artifact.path, artifact.layers, self.profile.batch_size,
+                                     self.profile.sequence_length, {k: v.shape for k, v in (query or {}).items()})
+        return Roofline(self.profile.spec, self.profile.source).estimate(artifact.layers, positions)
 
-    def measure(self, model_path: Path, layer_nodes: dict[str, str],
-                evaluate: Callable[[Callable[[Feeds], np.ndarray]], float], query: Feeds) -> Measurement:
+    def measure(self, artifact: Artifact, evaluate: Callable[[Callable[[Feeds], np.ndarray]], float],
+                query: Feeds) -> Measurement:
         with compute_slot():
-            quality = float(evaluate(self.prepare(model_path, layer_nodes).run))
+            quality = float(evaluate(self.prepare(artifact).run))
         env = {**environment(), "target": self.profile.description, "estimate": "roofline (hardware/estimate.py)",
                "spec_source": str(self.profile.spec.get("source", "")),
                "quality_from": "onnxruntime CPUExecutionProvider on this host",
                "batch_size": str(self.profile.batch_size)}
-        return Measurement(profile=self.profile.name, quality=quality, latency=None, bytes=artifact_bytes(model_path),
-                           bytes_compressed=compressed_bytes(model_path), environment=env,
-                           estimates=self.estimates(model_path, query))
+        return Measurement(profile=self.profile.name, quality=quality, latency=None, bytes=artifact.bytes,
+                           bytes_compressed=artifact.bytes_compressed(), environment=env,
+                           estimates=self.estimates(artifact, query))

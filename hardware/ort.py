@@ -16,12 +16,12 @@ import onnx
 import onnxruntime as ort
 
 from hardware import agent
+from hardware.artifact import Artifact
 from hardware.base import Backend, Feeds, Measurement, MeasureSettings, Prepared, Profile, Timing
 from hardware.environment import environment
+from hardware.errors import UserError
 from hardware.isolated import MeasurementError, time_onnx
 from hardware.lock import compute_slot
-from hardware.sizes import artifact_bytes, compressed_bytes
-from search.errors import UserError
 
 # Which distribution brings which provider, for the "not installed" message.
 _PROVIDER_PACKAGES = {
@@ -54,33 +54,33 @@ class OrtBackend(Backend):
                 f"{profile.source}: provider: {profile.provider} is not available in the installed onnxruntime "
                 f"(available: {', '.join(available)}); install {package}")
 
-    def prepare(self, model_path: Path, layer_nodes: dict[str, str]) -> OrtPrepared:
+    def prepare(self, artifact: Artifact) -> OrtPrepared:
         with tempfile.TemporaryDirectory(prefix="compsearch-ort-") as tmp:
             optimized = Path(tmp) / "optimized.onnx"
-            session = agent.ort_session(str(model_path), self.profile.provider, self.profile.options,
+            session = agent.ort_session(str(artifact.path), self.profile.provider, self.profile.options,
                                         self.profile.threads, self.profile.graph_optimization, str(optimized))
             try:
                 placement = agent.check_placement(session, self.profile.provider)
             except agent.PlacementError as exc:
                 raise MeasurementError(f"{self.profile.name}: {exc}; refusing to measure a silent fallback") from None
-            kernels = _layer_kernels(onnx.load(str(optimized)), layer_nodes) if optimized.exists() else {}
+            kernels = _layer_kernels(onnx.load(str(optimized)), artifact.layer_nodes) if optimized.exists() else {}
         return OrtPrepared(session, kernels, placement)
 
-    def time(self, model_path: Path, query: Feeds, settings: MeasureSettings | None = None) -> Timing:
-        return time_onnx(model_path, self.profile, query, settings or self.profile.measure)
+    def time(self, artifact: Artifact, query: Feeds | None, settings: MeasureSettings | None = None) -> Timing:
+        return time_onnx(artifact.path, self.profile, query, settings or self.profile.measure)
 
-    def measure(self, model_path: Path, layer_nodes: dict[str, str],
-                evaluate: Callable[[Callable[[Feeds], np.ndarray]], float], query: Feeds) -> Measurement:
+    def measure(self, artifact: Artifact, evaluate: Callable[[Callable[[Feeds], np.ndarray]], float],
+                query: Feeds) -> Measurement:
         with compute_slot():  # evaluation is compute: it must not overlap another worker's timing
-            prepared = self.prepare(model_path, layer_nodes)
+            prepared = self.prepare(artifact)
             quality = float(evaluate(prepared.run))
             kernels = prepared.kernels()
         del prepared  # free the session's threads before the timed process starts
-        timing = self.time(model_path, query)
+        timing = self.time(artifact, query)
         env = {**environment(), **timing.environment, "quality_from": "onnxruntime " + self.profile.provider}
         return Measurement(
             profile=self.profile.name, quality=quality, latency=timing.latency,
-            bytes=artifact_bytes(model_path), bytes_compressed=compressed_bytes(model_path),
+            bytes=artifact.bytes, bytes_compressed=artifact.bytes_compressed(),
             session_init_s=timing.session_init_s, first_run_ms=timing.first_run_ms,
             kernels=kernels, environment=env,
             peak_rss_mb=timing.peak_rss_mb, host=timing.host)

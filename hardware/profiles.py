@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from hardware.base import Backend, MeasureSettings, Profile
-from search.errors import SpaceError, UserError, allowed_list, did_you_mean, one_of, unknown_key
+from hardware.errors import SpaceError, UserError, allowed_list, did_you_mean
+from hardware.schema import Rule, validate
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -41,6 +42,53 @@ def available_profiles() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def _measure_schema() -> dict[str, Rule]:
+    d = MeasureSettings()
+    help_ = {
+        "warmup_s": "untimed warm-up, seconds (at least)", "warmup_queries": "untimed warm-up queries (at least)",
+        "min_queries": "timed queries, at least", "min_duration_s": "timed seconds, at least",
+        "max_duration_s": "stop timing after this long even below min_queries",
+        "max_attempts": "timings taken at most when other processes use the CPU (contended)",
+        "max_other_cpu": "cores other processes may use before a timing counts as contended",
+        "retry_wait_s": "pause before timing a contended figure again",
+        "confidence": "of the median's confidence interval (order statistics)",
+        "remeasure_factor": "the Pareto candidates are timed again this many times longer at the end of a study",
+        "processes": "fresh processes per figure; the one with the median p50 is kept",
+    }
+    out = {}
+    for f in fields(MeasureSettings):
+        default = getattr(d, f.name)
+        kind = "int" if isinstance(default, int) else "float"
+        if f.name == "confidence":
+            out[f.name] = Rule("float", default=default, minimum=0, maximum=1, min_exclusive=True,
+                               max_exclusive=True, text="a number between 0 and 1 (e.g. 0.95)", help=help_[f.name])
+        else:
+            low = 1 if f.name in ("max_attempts", "remeasure_factor", "processes") else 0
+            out[f.name] = Rule(kind, default=default, minimum=low, help=help_[f.name])
+    return out
+
+
+PROFILE_SCHEMA: dict[str, Rule] = {
+    "name": Rule("str", help="the profile's name: the file name without .yaml"),
+    "backend": Rule("str", choices=tuple(BACKENDS), help="the runtime that measures"),
+    "description": Rule("str", default="", help="what the target is, for reports"),
+    "provider": Rule("str", default="CPUExecutionProvider", help="onnxruntime: the execution provider"),
+    "options": Rule("mapping", default={}, help="onnxruntime: provider options, passed as they are"),
+    "threads": Rule("int", default=1, minimum=0, text="an integer >= 0 (0 = runtime default)",
+                    help="intra-op threads"),
+    "batch_size": Rule("int", default=1, minimum=1, help="samples per timed query"),
+    "graph_optimization": Rule("str", default="all", choices=GRAPH_OPTIMIZATIONS,
+                               help="onnxruntime: graph optimisation level"),
+    "measure": Rule("mapping", fields=_measure_schema(), help="the single-stream timing protocol"),
+    "device": Rule("str", default="cpu", choices=DEVICES, help="torch: the device"),
+    "precision": Rule("str", default="fp32", choices=PRECISIONS, help="torch: the module's dtype"),
+    "compile": Rule("bool", default=False, help="torch: torch.compile the module before timing"),
+    "sequence_length": Rule("int", default=0, minimum=0, text="an integer >= 0 (0: not applicable)",
+                            help="length of dynamic non-batch input dimensions"),
+    "spec": Rule("mapping", default={}, help="estimate: the target's peak numbers (see hardware/estimate.py)"),
+}
+
+
 def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles", check: bool = True) -> Profile:
     """Load and validate the profile called `name`; `where`/`key` say who asked, for errors.
 
@@ -60,55 +108,10 @@ def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles", 
         raise SpaceError(file, "", f"is not valid YAML ({exc.__class__.__name__})", None, show_given=False) from None
     if not isinstance(raw, dict):
         raise SpaceError(file, "", "must be a mapping", raw)
-    allowed = {f.name for f in fields(Profile)} - {"source"}
-    for k in raw:
-        if k not in allowed:
-            raise SpaceError(file, k, unknown_key(sorted(allowed)) + did_you_mean(k, allowed), k)
-    if raw.get("name") != name:
-        raise SpaceError(file, "name", f"must equal the file name {name!r}", raw.get("name"))
-    backend = raw.get("backend")
-    if backend not in BACKENDS:
-        raise SpaceError(file, "backend", one_of(BACKENDS, backend), backend)
-    for k in ("threads", "batch_size"):
-        v = raw.get(k, 1)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (k == "batch_size" and v < 1):
-            rule = "must be a positive integer" + (" (0 = runtime default)" if k == "threads" else "")
-            raise SpaceError(file, k, rule, v)
-    opt = raw.get("graph_optimization", "all")
-    if opt not in GRAPH_OPTIMIZATIONS:
-        raise SpaceError(file, "graph_optimization", f"must be one of {allowed_list(GRAPH_OPTIMIZATIONS)}", opt)
-    measure_raw = raw.get("measure") or {}
-    measure_fields = {f.name: f for f in fields(MeasureSettings)}
-    for k, v in measure_raw.items():
-        if k not in measure_fields:
-            raise SpaceError(file, f"measure.{k}", f"unknown key; allowed: {allowed_list(measure_fields)}", k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise SpaceError(file, f"measure.{k}", "must be a number >= 0", v)
-        if k == "confidence" and not 0 < v < 1:
-            raise SpaceError(file, "measure.confidence", "must be between 0 and 1 (e.g. 0.95)", v)
-        if k in ("max_attempts", "remeasure_factor", "processes") and v < 1:
-            raise SpaceError(file, f"measure.{k}", "must be >= 1", v)
-    device, precision = raw.get("device", "cpu"), raw.get("precision", "fp32")
-    if device not in DEVICES:
-        raise SpaceError(file, "device", one_of(DEVICES, device), device)
-    if precision not in PRECISIONS:
-        raise SpaceError(file, "precision", one_of(PRECISIONS, precision), precision)
-    if not isinstance(raw.get("compile", False), bool):
-        raise SpaceError(file, "compile", "must be true or false", raw.get("compile"))
-    seq = raw.get("sequence_length", 0)
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise SpaceError(file, "sequence_length", "must be an integer >= 0 (0: not applicable)", seq)
-    for k in ("options", "spec"):
-        if not isinstance(raw.get(k) or {}, dict):
-            raise SpaceError(file, k, "must be a mapping", raw.get(k))
-    profile = Profile(
-        name=name, backend=backend, description=str(raw.get("description", "")),
-        provider=str(raw.get("provider", "CPUExecutionProvider")), threads=int(raw.get("threads", 1)),
-        batch_size=int(raw.get("batch_size", 1)), graph_optimization=opt, options=dict(raw.get("options") or {}),
-        measure=MeasureSettings(**{k: type(measure_fields[k].default)(v) for k, v in measure_raw.items()}),
-        source=file, device=device, precision=precision,
-        compile=bool(raw.get("compile", False)), sequence_length=seq, spec=dict(raw.get("spec") or {}),
-    )
+    values = validate(file, "", PROFILE_SCHEMA, raw)
+    if values["name"] != name:
+        raise SpaceError(file, "name", f"must equal the file name {name!r}", values["name"])
+    profile = Profile(**{**values, "measure": MeasureSettings(**values["measure"]), "source": file})
     if check:
         try:
             backend_class(profile).check_available(profile)

@@ -1,7 +1,7 @@
 """PyTorch backend: eager (optionally torch.compile) on CPU or CUDA, in fp32, fp16 or bf16.
 
-Artifact contract: the trial directory holds `model.pt2` beside `model.onnx`, written by
-`torch.export.save` from the compressed module (see `search.export.export_program`). It is
+Artifact contract: the artifact's `program` is a `torch.export.save` file of the compressed
+module (a search writes it when a torch profile is listed; see `search.export.export_program`). It is
 the torch-stage model: factorized, pruned, distilled and weight-shared, but *without* the
 ONNX-stage quantization, which has no PyTorch kernel to run on. The profile's precision
 casts the whole module (fp16/bf16), so this backend answers "what does the compressed
@@ -29,19 +29,23 @@ import numpy as np
 import torch
 
 from hardware import agent
+from hardware.artifact import Artifact
 from hardware.base import Backend, Feeds, Measurement, MeasureSettings, Prepared, Profile, Timing
 from hardware.environment import environment
+from hardware.errors import UserError
 from hardware.isolated import child_timeout_s, median_of_processes, run_child, save_feeds, timing_from_json
 from hardware.lock import compute_slot, lock_path
 from hardware.sizes import compressed_bytes
-from search.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROGRAM_NAME = "model.pt2"
 
 
-def program_path(model_path: Path) -> Path:
-    return model_path if model_path.suffix == ".pt2" else model_path.with_name(PROGRAM_NAME)
+def program_path(artifact: Artifact) -> Path:
+    """The torch.export program the artifact carries, or a clear error."""
+    if artifact.program is None or not Path(artifact.program).exists():
+        raise UserError(f"{artifact.path}: the torch backend runs the torch.export program of the compressed module "
+                        f"(model.pt2), and this artifact has none (a search writes it when a torch profile is listed)")
+    return Path(artifact.program)
 
 
 def load_module(path: Path, device: str, precision: str, compile_: bool) -> Callable[..., Any]:
@@ -79,19 +83,18 @@ class TorchBackend(Backend):
             raise UserError(f"{profile.source}: precision: fp16 with compile: true is not supported on the CPU; "
                             "use bf16 or compile: false")
 
-    def prepare(self, model_path: Path, layer_nodes: dict[str, str]) -> TorchPrepared:
-        path = program_path(model_path)
-        if not path.exists():
-            raise UserError(f"{path}: the torch backend runs the torch.export program saved beside the ONNX "
-                            f"artifact, and there is none (the search writes it when a torch profile is listed)")
+    def prepare(self, artifact: Artifact) -> TorchPrepared:
+        path = program_path(artifact)
         p = self.profile
         return TorchPrepared(load_module(path, p.device, p.precision, p.compile), p.device, p.precision)
 
-    def time(self, model_path: Path, query: Feeds, settings: MeasureSettings | None = None) -> Timing:
+    def time(self, artifact: Artifact, query: Feeds | None, settings: MeasureSettings | None = None) -> Timing:
+        if query is None:
+            raise UserError(f"{artifact.path}: the torch backend times a task's query; it cannot shape one itself")
         settings = settings or self.profile.measure
         p = self.profile
         with tempfile.TemporaryDirectory(prefix="compsearch-torch-") as tmp:
-            request = {"program": str(program_path(model_path)), "feeds": str(save_feeds(query, Path(tmp))),
+            request = {"program": str(program_path(artifact)), "feeds": str(save_feeds(query, Path(tmp))),
                        "device": p.device, "precision": p.precision, "compile": p.compile, "threads": p.threads,
                        "settings": asdict(settings), "lock": str(lock_path()) if lock_path() else None}
             req = Path(tmp) / "request.json"
@@ -100,14 +103,14 @@ class TorchBackend(Backend):
                 run_child(["-m", "hardware.torch_backend", str(req)], p.threads, child_timeout_s(settings))),
                 settings.processes)
 
-    def measure(self, model_path: Path, layer_nodes: dict[str, str],
-                evaluate: Callable[[Callable[[Feeds], np.ndarray]], float], query: Feeds) -> Measurement:
+    def measure(self, artifact: Artifact, evaluate: Callable[[Callable[[Feeds], np.ndarray]], float],
+                query: Feeds) -> Measurement:
         with compute_slot():
-            prepared = self.prepare(model_path, layer_nodes)
+            prepared = self.prepare(artifact)
             quality = float(evaluate(prepared.run))
         del prepared
-        timing = self.time(model_path, query)
-        path = program_path(model_path)
+        timing = self.time(artifact, query)
+        path = program_path(artifact)
         env = {**environment(), **timing.environment,
                "quality_from": f"torch {self.profile.device} {self.profile.precision}",
                "measures": "torch-stage model (model.pt2): ONNX-stage quantization not applied"}

@@ -25,9 +25,10 @@ from typing import Any
 import onnx
 
 from hardware import agent
+from hardware.artifact import Artifact
 from hardware.base import Profile
 from hardware.environment import environment
-from hardware.isolated import MeasurementError, agent_argv, child_timeout_s, time_onnx
+from hardware.isolated import MeasurementError, agent_argv, child_timeout_s
 from hardware.profiles import load_profile, make_backend
 from hardware.sizes import artifact_bytes, compressed_bytes
 from search.errors import UserError
@@ -89,8 +90,7 @@ def bench_artifact(path: Path, profile_name: str, remote: str | None = None) -> 
                    latency=result["latency"], host=result["host"], peak_rss_mb=result["peak_rss_mb"],
                    placement=result.get("placement"), environment=result["environment"])
         return out
-    make_backend(profile)
-    timing = time_onnx(path, profile, None, profile.measure)
+    timing = make_backend(profile).time(Artifact(path), None, profile.measure)
     out.update(session_init_s=timing.session_init_s, first_run_ms=timing.first_run_ms,
                latency=timing.latency.__dict__, host=timing.host, peak_rss_mb=timing.peak_rss_mb,
                environment={**environment(), **timing.environment})

@@ -6,7 +6,6 @@ driver records on the Optuna trial.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from torch import nn
 
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
+from search.export import save_trial_files
 from search.recipe import Recipe
 from search.space import SearchSpace
 from search.tasks.base import Task
@@ -28,7 +28,7 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
     with compute_slot():  # compression runs beside other workers' compression, never beside a timing
         artifact = build_artifact(model, recipe, task, workdir,
                                   program=any(getattr(b, "needs_program", False) for b in backends.values()))
-    (workdir / "layers.json").write_text(json.dumps(artifact.layers, indent=1))
+    save_trial_files(artifact)
     measurements = {}
     extras: dict[str, dict[str, float]] = {}  # the task's extra quality figures, per profile
     for profile in space.profiles:
@@ -39,8 +39,7 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
             extras[name] = task.extra_metrics(predict)  # same predict: the task may reuse its outputs
             return value
 
-        measurements[profile.name] = backend.measure(artifact.path, artifact.layer_nodes, quality,
-                                                     task.query_feeds(profile.batch_size))
+        measurements[profile.name] = backend.measure(artifact, quality, task.query_feeds(profile.batch_size))
     main = measurements[space.objective_profile]
     if main.latency is None:
         raise RuntimeError(f"profile {main.profile} gave no latency; it cannot be the objective")

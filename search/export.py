@@ -1,4 +1,4 @@
-"""PyTorch -> ONNX export, and the Artifact record of what was exported.
+"""PyTorch -> ONNX export (and the torch.export program for the torch backend).
 
 Export is FP32 through torch's dynamo exporter; reduced precision is applied afterwards on
 the ONNX graph with ONNX Runtime's own tools (PyTorch-side Q/DQ does not survive the dynamo
@@ -9,39 +9,39 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from hardware.sizes import artifact_bytes, compressed_bytes
+from hardware.artifact import Artifact
 
 OPSET = 21  # >= 21 for standard int4 QuantizeLinear/DequantizeLinear
 
+# What a trial directory holds: the deployable model, what each layer became, and (when a torch
+# profile is listed) the compressed module's torch.export program. Written by the stage runner and
+# `save_trial_files`, read back only by `trial_artifact`: no other code finds them by name.
+MODEL_FILE, LAYERS_FILE, PROGRAM_FILE = "model.onnx", "layers.json", "model.pt2"
 
-@dataclass
-class Artifact:
-    """A deployable ONNX model on disk plus what each compressible layer became.
 
-    `layer_nodes` maps a PyTorch layer name to the ONNX node that consumes its weight, which
-    is how quantization picks nodes and how backends report the kernel each layer ran on.
-    """
+def save_trial_files(artifact: Artifact) -> None:
+    """Write the artifact's layer records beside its model (reports, MLflow and `trial_artifact` read them)."""
+    (artifact.path.parent / LAYERS_FILE).write_text(json.dumps(artifact.layers, indent=1))
 
-    path: Path
-    layer_nodes: dict[str, str]
-    layers: dict[str, dict] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)  # params, MACs of the compressed model
 
-    @property
-    def bytes(self) -> int:
-        return artifact_bytes(self.path)
-
-    def bytes_compressed(self) -> int:
-        return compressed_bytes(self.path)
+def trial_artifact(directory: Path) -> Artifact:
+    """The artifact a finished trial left in `directory`, sidecars included (for re-measuring it)."""
+    path = directory / MODEL_FILE
+    layers: dict[str, dict] = {}
+    with contextlib.suppress(OSError, ValueError):
+        layers = json.loads((directory / LAYERS_FILE).read_text())
+    nodes = {name: info["node"] for name, info in layers.items() if info.get("node")}
+    program = directory / PROGRAM_FILE
+    return Artifact(path, nodes, layers, program=program if program.exists() else None)
 
 
 @contextlib.contextmanager

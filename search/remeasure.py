@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 
 from hardware.base import Backend
+from search.export import trial_artifact
 from search.pareto import pareto_front
 from search.study_view import DIRECTIONS, StudyView
 from search.tasks.base import Task
@@ -46,11 +47,11 @@ def remeasure_front(study: optuna.Study, backend: Backend, task: Task,
     trials: dict[str, dict[str, Any]] = {}
     for number in front:
         t = by_number[number]
-        model = Path(t.artifact_dir or "") / "model.onnx"
-        if not model.exists():
-            say(f"  trial {number}: artifact {model} is gone; not re-measured")
+        artifact = trial_artifact(Path(t.artifact_dir or ""))
+        if not artifact.path.exists():
+            say(f"  trial {number}: artifact {artifact.path} is gone; not re-measured")
             continue
-        timing = backend.time(model, query, settings)
+        timing = backend.time(artifact, query, settings)
         lat = timing.latency
         search_p50 = (t.values or {}).get("latency_p50_ms")
         trials[str(number)] = {

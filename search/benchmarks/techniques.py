@@ -67,7 +67,7 @@ def measure_all(task: DigitsTask, work: Path, rounds: int) -> list[dict]:
         order = list(built) if r % 2 == 0 else list(reversed(built))  # alternate: no position bias
         for name in order:
             art = built[name]
-            m = backend.measure(art.path, art.layer_nodes, task.evaluate, task.query_feeds(1))
+            m = backend.measure(art, task.evaluate, task.query_feeds(1))
             p50s[name].append(m.latency.p50_ms)
             sim = sum(1 for info in art.layers.values() if info.get("simulated"))
             rows[name] = {"recipe": name, "accuracy": m.quality, "bytes": art.bytes,

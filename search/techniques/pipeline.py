@@ -87,6 +87,7 @@ def build_artifact(model: nn.Module, recipe: Recipe, task: Task, workdir: Path, 
         for layer, k in shared:
             notes.setdefault(layer, {})["codebook"] = (layer, k) in stored
     artifact.layers = describe_layers(compressed, recipe, artifact, notes)
+    artifact.program = workdir / "model.pt2" if program else None
     from search.techniques.macs import count_nonzero_params, count_params_macs
 
     params, macs = count_params_macs(compressed, task.example_inputs())  # per sample: batch of 1

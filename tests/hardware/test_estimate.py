@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hardware.artifact import Artifact
 from hardware.estimate import Roofline, layer_precision, output_positions
 from hardware.profiles import load_profile, make_backend
 from search.errors import SpaceError
@@ -70,7 +71,8 @@ def test_output_positions_follow_batch_and_shape_inference(tmp_path: Path, mlp_w
 
 def test_estimate_backend_measures_quality_on_the_cpu_and_estimates_latency(mlp: Path, fast_profiles: Path) -> None:
     backend = make_backend(load_profile("fast-npu"))
-    m = backend.measure(mlp, {}, lambda run: float(run({"x": np.ones((2, 16), np.float32)}).shape[0]), {})
+    artifact = Artifact(mlp, layers=json.loads((mlp.parent / "layers.json").read_text()))  # what a search hands it
+    m = backend.measure(artifact, lambda run: float(run({"x": np.ones((2, 16), np.float32)}).shape[0]), {})
     metrics = m.metrics()
     assert m.latency is None and "latency_p50_ms" not in metrics  # nothing pretends to be measured
     assert metrics["quality"] == 2.0 and "onnxruntime CPU" in m.environment["quality_from"]

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from hardware.agent import PlacementError, check_placement, ort_session
+from hardware.artifact import Artifact
 from hardware.profiles import load_profile, make_backend
 from search.errors import UserError
 
@@ -24,7 +25,7 @@ def accuracy_of(run) -> float:
 
 def test_cpu_measurement_runs_in_a_fresh_process_with_everything_recorded(mlp: Path, fast_profiles: Path) -> None:
     backend = make_backend(load_profile("fast-cpu"))
-    m = backend.measure(mlp, {"net.0": "gemm0"}, accuracy_of, QUERY)
+    m = backend.measure(Artifact(mlp, {"net.0": "gemm0"}), accuracy_of, QUERY)
     assert m.quality == 1.0
     assert m.environment["measured_in_pid"] not in ("", str(os.getpid()))
     assert m.latency is not None and m.latency.queries >= 50 and m.latency.duration_s >= 0.1
@@ -43,7 +44,7 @@ def test_cpu_measurement_runs_in_a_fresh_process_with_everything_recorded(mlp: P
 
 
 def test_two_thread_profile_pins_two_threads(mlp: Path, fast_profiles: Path) -> None:
-    m = make_backend(load_profile("fast-cpu-2t")).measure(mlp, {}, accuracy_of, QUERY)
+    m = make_backend(load_profile("fast-cpu-2t")).measure(Artifact(mlp), accuracy_of, QUERY)
     assert m.environment["threads"] == "2"
 
 
@@ -67,7 +68,7 @@ def test_placement_check_refuses_a_provider_the_session_does_not_run_on(mlp: Pat
 
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu")
 def test_cuda_provider_measures_on_the_gpu(mlp: Path) -> None:
-    m = make_backend(load_profile("ort-cuda")).measure(mlp, {}, accuracy_of, QUERY)
+    m = make_backend(load_profile("ort-cuda")).measure(Artifact(mlp), accuracy_of, QUERY)
     assert m.environment["provider"] == "CUDAExecutionProvider"
     assert "CUDAExecutionProvider" in m.environment["placement"]
 

@@ -21,7 +21,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> DigitsTask:
 
 def measure(task: DigitsTask, artifact):
     backend = make_backend(load_profile("ort-cpu"))
-    return backend.measure(artifact.path, artifact.layer_nodes, task.evaluate, task.query_feeds(1))
+    return backend.measure(artifact, task.evaluate, task.query_feeds(1))
 
 
 def test_int8_layers_shrink_the_artifact_and_run_integer_kernels(task: DigitsTask, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def backend():
 
 def run(backend, task: DigitsTask, artifact: Artifact) -> tuple[float, dict[str, str]]:
     """Accuracy on ORT's own outputs and the op each layer ran as (no timing loop: fast)."""
-    prepared = backend.prepare(artifact.path, artifact.layer_nodes)
+    prepared = backend.prepare(artifact)
     return task.evaluate(prepared.run), prepared.kernels()
 
 

@@ -44,7 +44,7 @@ def baseline(task: DigitsTask, backend, tmp_path_factory: pytest.TempPathFactory
 
 
 def run(backend, task: DigitsTask, artifact) -> tuple[float, dict[str, str]]:
-    prepared = backend.prepare(artifact.path, artifact.layer_nodes)
+    prepared = backend.prepare(artifact)
     return task.evaluate(prepared.run), prepared.kernels()
 
 

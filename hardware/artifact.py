@@ -1,0 +1,39 @@
+"""The Artifact: everything a backend is handed to measure, named explicitly.
+
+A search writes it (search/techniques/pipeline.py) and a backend receives it whole: the
+deployable ONNX file, which ONNX node computes each layer, what each layer became, and any
+sidecar a backend needs (the torch.export program of the compressed module). No backend
+looks for files beside `path` by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hardware.sizes import artifact_bytes, compressed_bytes
+
+
+@dataclass
+class Artifact:
+    """A deployable ONNX model on disk plus what each compressible layer became.
+
+    `layer_nodes` maps a PyTorch layer name to the ONNX node that consumes its weight, which
+    is how quantization picks nodes and how backends report the kernel each layer ran on.
+    `layers` is the per-layer record (shape, parameters, bits, sparsity, node, ...) written as
+    layers.json; the estimate backend reads it. `program` is the torch.export program of the
+    compressed module (before ONNX-stage quantization), for backends with `needs_program`.
+    """
+
+    path: Path
+    layer_nodes: dict[str, str] = field(default_factory=dict)
+    layers: dict[str, dict] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # params, MACs of the compressed model
+    program: Path | None = None
+
+    @property
+    def bytes(self) -> int:
+        return artifact_bytes(self.path)
+
+    def bytes_compressed(self) -> int:
+        return compressed_bytes(self.path)
