@@ -13,11 +13,11 @@ from torch import nn
 
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
+from search.compress import build_artifact
 from search.export import save_trial_files
 from search.recipe import Recipe
 from search.space import SearchSpace
 from search.tasks.base import Task
-from search.techniques.pipeline import build_artifact
 
 # A reduced-precision layer still running one of these float ops fell back to dequantize + fp32.
 FLOAT_OPS = ("Gemm", "MatMul", "Conv", "FusedGemm", "FusedMatMul", "FusedConv", "DequantizeLinear")

@@ -1,19 +1,25 @@
-"""Searchable dimensions and the rules that parse them from YAML.
+"""Searchable dimensions, parsed from YAML by the schema's rules (`hardware.schema.Rule`).
 
 In a space file a searchable key takes one of three forms:
   - a scalar: fixed, not searched (`ratio: 0.5`)
   - a list: a categorical choice (`bits: [fp32, int8]`)
   - a mapping with low/high (and optional step, log): a range (`ratio: {low: 0, high: 0.8, step: 0.1}`)
+Every scalar in them is checked by the same `check_value` that checks the rest of a space,
+task options and hardware profiles, so the errors read alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import optuna
 
-from search.errors import SpaceError, allowed_list, did_you_mean
+from hardware.errors import SpaceError, allowed_list, did_you_mean
+from hardware.schema import Rule, check_keys, check_value
+
+__all__ = ["Categorical", "Dimension", "Range", "Rule", "parse_dimension", "parse_options"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,13 @@ class Range:
             return self.low
         if self.integer:
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        value = trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        if self.step is None:
+            return value
+        # On a stepped range the value is a decimal the space wrote (0.35, not 0.35000000000000003):
+        # count the steps, then add them up in decimal, so nothing has to round it to some digits later.
+        steps = round((value - self.low) / self.step)
+        return min(float(Decimal(repr(self.low)) + steps * Decimal(repr(self.step))), self.high)
 
     def describe(self) -> str:
         kind = "int" if self.integer else "float"
@@ -55,61 +67,7 @@ class Range:
 
 Dimension = Categorical | Range
 
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key of a technique or task accepts.
-
-    kind: "float", "int", "str" or "bool". `choices` limits str values; `minimum`/`maximum`
-    bound numbers (inclusive unless `max_exclusive`). `searchable=False` keys take a scalar only.
-    """
-
-    kind: str
-    default: Any = None
-    choices: tuple = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    max_exclusive: bool = False
-    searchable: bool = True
-    help: str = ""
-
-    def allowed(self) -> str:
-        if self.choices:
-            return "one of " + allowed_list(self.choices)
-        if self.kind in ("float", "int"):
-            lo = "-inf" if self.minimum is None else self.minimum
-            hi = "inf" if self.maximum is None else self.maximum
-            close = ")" if self.max_exclusive else "]"
-            return f"{'an integer' if self.kind == 'int' else 'a number'} in [{lo}, {hi}{close}"
-        return {"bool": "true or false", "str": "a string"}[self.kind]
-
-
 _RANGE_KEYS = ("low", "high", "step", "log")
-
-
-def _check_scalar(file: str, key: str, rule: Rule, value: object) -> object:
-    if rule.kind == "bool":
-        if not isinstance(value, bool):
-            raise SpaceError(file, key, "must be true or false", value)
-        return value
-    if rule.kind == "str":
-        if not isinstance(value, str):
-            raise SpaceError(file, key, f"must be {rule.allowed()}", value)
-        if rule.choices and value not in rule.choices:
-            raise SpaceError(file, key, f"must be {rule.allowed()}{did_you_mean(value, rule.choices)}", value)
-        return value
-    # Numbers. YAML gives bool for `true`, which Python counts as int: refuse it explicitly.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpaceError(file, key, f"must be {rule.allowed()}", value)
-    if rule.kind == "int" and not float(value).is_integer():
-        raise SpaceError(file, key, f"must be {rule.allowed()}", value)
-    too_low = rule.minimum is not None and value < rule.minimum
-    too_high = rule.maximum is not None and (
-        value >= rule.maximum if rule.max_exclusive else value > rule.maximum
-    )
-    if too_low or too_high:
-        raise SpaceError(file, key, f"must be {rule.allowed()}", value)
-    return int(value) if rule.kind == "int" else float(value)
 
 
 def parse_dimension(file: str, key: str, rule: Rule, raw: object) -> Dimension:
@@ -127,8 +85,8 @@ def parse_dimension(file: str, key: str, rule: Rule, raw: object) -> Dimension:
         for need in ("low", "high"):
             if need not in raw:
                 raise SpaceError(file, f"{key}.{need}", "is required in a range", None, show_given=False)
-        low = _check_scalar(file, f"{key}.low", rule, raw["low"])
-        high = _check_scalar(file, f"{key}.high", rule, raw["high"])
+        low = check_value(file, f"{key}.low", rule, raw["low"])
+        high = check_value(file, f"{key}.high", rule, raw["high"])
         if low > high:
             raise SpaceError(file, key, f"low <= high must hold, but got (low={low}, high={high})", show_given=False)
         step = raw.get("step")
@@ -145,25 +103,23 @@ def parse_dimension(file: str, key: str, rule: Rule, raw: object) -> Dimension:
             raise SpaceError(file, key, f"takes a single value ({rule.allowed()}), not a list", raw)
         if not raw:
             raise SpaceError(file, key, f"an empty list has nothing to choose; give {rule.allowed()}", raw)
-        values = tuple(_check_scalar(file, f"{key}[{i}]", rule, v) for i, v in enumerate(raw))
+        values = tuple(check_value(file, f"{key}[{i}]", rule, v) for i, v in enumerate(raw))
         if len(set(values)) != len(values):
             raise SpaceError(file, key, "choices must not repeat", raw)
         return Categorical(values)
-    return Categorical((_check_scalar(file, key, rule, raw),))
+    return Categorical((check_value(file, key, rule, raw),))
 
 
-def parse_options(file: str, prefix: str, rules: dict[str, Rule], raw: object) -> dict[str, Dimension]:
-    """Parse a mapping of keys against their rules; unknown keys get a "did you mean"."""
+def parse_options(file: str, prefix: str, rules: dict[str, Rule], raw: object,
+                  also: tuple[str, ...] = ()) -> dict[str, Dimension]:
+    """Parse a mapping of searchable keys against their rules; unknown keys get a "did you mean".
+
+    `also`: further keys the mapping may hold that other rules check (a technique's settings)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SpaceError(file, prefix, "must be a mapping of keys to values", raw)
-    for k in raw:
-        if k not in rules:
-            raise SpaceError(
-                file, f"{prefix}.{k}",
-                f"unknown key; allowed: {allowed_list(rules)}{did_you_mean(str(k), rules)}", k,
-            )
+    check_keys(file, prefix, (*rules, *also), raw)
     dims: dict[str, Dimension] = {}
     for name, rule in rules.items():
         value = raw.get(name, rule.default)

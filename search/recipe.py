@@ -1,68 +1,20 @@
 """Recipes: the frozen, JSON-round-trippable description of one compressed candidate.
 
 A recipe is an ordered tuple of technique configs. Each config is a frozen dataclass with a
-type tag (torchao style), so any trial can be rebuilt from the JSON logged with it, and the
-recipe hash names cached work.
+type tag (torchao style), resolved through the technique registry, so any trial can be rebuilt
+from the JSON logged with it, and the recipe hash names cached work.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-_CONFIG_TYPES: dict[str, type[TechniqueConfig]] = {}
+from search.techniques import REGISTRY, TechniqueConfig
 
-
-@dataclass(frozen=True)
-class TechniqueConfig:
-    """Base of every technique config. Subclasses set `type` and register themselves."""
-
-    type: ClassVar[str] = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type}
-        for f in dataclasses.fields(self):
-            out[f.name] = _jsonable(getattr(self, f.name))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TechniqueConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names - {"type"}
-        if unknown:
-            raise ValueError(f"{cls.type}: unknown fields {sorted(unknown)}; allowed: {sorted(names)}")
-        kwargs = {k: _freeze(v) for k, v in data.items() if k != "type"}
-        return cls(**kwargs)
-
-    def summary(self) -> str:
-        return self.type
-
-
-def register_config(cls: type[TechniqueConfig]) -> type[TechniqueConfig]:
-    if not cls.type:
-        raise TypeError(f"{cls.__name__} must set a `type` tag")
-    _CONFIG_TYPES[cls.type] = cls
-    return cls
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        # Tuples of (key, value) pairs are how frozen configs hold mappings (layer -> bits).
-        if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
-            return {k: _jsonable(v) for k, v in value}
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple((str(k), _freeze(v)) for k, v in value.items())
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
+__all__ = ["Recipe", "TechniqueConfig"]
 
 
 @dataclass(frozen=True)
@@ -85,9 +37,11 @@ class Recipe:
         steps = []
         for raw in data.get("steps", []):
             kind = raw.get("type")
-            if kind not in _CONFIG_TYPES:
-                raise ValueError(f"unknown technique type {kind!r}; known: {sorted(_CONFIG_TYPES)}")
-            steps.append(_CONFIG_TYPES[kind].from_dict(raw))
+            try:
+                config_type = REGISTRY.config_type(kind)
+            except KeyError:
+                raise ValueError(f"unknown technique type {kind!r}; known: {sorted(REGISTRY.names())}") from None
+            steps.append(config_type.from_dict(raw))
         return cls(tuple(steps))
 
     @classmethod

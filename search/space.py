@@ -18,28 +18,74 @@ import yaml
 
 from hardware.base import Profile
 from hardware.profiles import load_profile
-from search.errors import SpaceError, allowed_list, did_you_mean, one_of
+from hardware.schema import Rule, explain
+from hardware.schema import validate as validate_schema
+from search.errors import SpaceError, allowed_list
 from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, parse_options
 from search.recipe import Recipe
 from search.tasks import TASKS
 from search.tasks.loader import resolve_task
-from search.techniques import ORDER, PLANNED, TECHNIQUES
+from search.techniques import REGISTRY, TechniqueSpace
 from search.units import parse_duration, parse_size
 
-TOP_KEYS = ("name", "description", "task", "hardware", "constraints", "budget", "sampler", "techniques")
 SAMPLERS = ("tpe", "random", "nsga2")
-CONSTRAINT_KEYS = ("max_quality_drop",)
-BUDGET_KEYS = ("trials", "timeout", "trial_timeout", "trial_memory")
 
 
-@dataclass(frozen=True)
-class TechniqueSpace:
-    name: str
-    dims: dict[str, Dimension]
-    layer_patterns: tuple[str, ...] = ("*",)
-    # Named groups of layers that share one searched value (quantize: one bit-width per group).
-    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+def _non_empty(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"is required: a non-empty string naming the space, but got {raw!r}")
+    return raw
+
+
+def _profile_names(raw: object) -> list[str]:
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"must be a non-empty list of profile names, but got {raw!r}")
+    return names
+
+
+# The top-level sections of a space file. Technique bodies are checked by each technique's own
+# rules and settings, task options by the task's OPTIONS: the same Rule, the same errors.
+SPACE_SCHEMA: dict[str, Rule] = {
+    "name": Rule("str", parse=_non_empty, text="a non-empty string naming the space",
+                 help="the space's name: the default study name and the MLflow experiment"),
+    "description": Rule("str", default="", help="what the space is for (free text)"),
+    "task": Rule("mapping", help="the model, its data and its quality metric", fields={
+        "name": Rule("str", text=f"a built-in task ({allowed_list(TASKS)}) or 'module:function' / "
+                                 "'path/to/file.py:function'",
+                     help="a built-in task or your own Task (a file relative to the space, or a module)"),
+        "options": Rule("mapping", default={}, help="the task's own options (its OPTIONS; see below)"),
+    }),
+    "hardware": Rule("mapping", help="where each candidate is measured", fields={
+        "profiles": Rule("names", default=["ort-cpu"], parse=_profile_names,
+                         text="a profile name or a non-empty list of them",
+                         help="hardware profiles (hardware/profiles/*.yaml or $COMPSEARCH_PROFILE_PATH); every "
+                              "trial is measured on each"),
+        "objective": Rule("str", optional=True,
+                          help="the profile whose p50 latency is an objective (default: the first); must be measured, "
+                               "not estimated"),
+    }),
+    "constraints": Rule("mapping", help="what a feasible candidate must keep", fields={
+        "max_quality_drop": Rule("float", default=0.01, minimum=0, text="a number >= 0 (absolute quality drop)",
+                                 help="the largest quality drop against the uncompressed baseline (absolute)"),
+    }),
+    "budget": Rule("mapping", help="how much to run (changing it does not change the space's hash)", fields={
+        "trials": Rule("int", default=20, minimum=1, help="trials of the whole study, baseline included"),
+        "timeout": Rule("duration", optional=True, parse=parse_duration,
+                        help="stop starting trials after this long (90s, 30m, 8h, 1h30m)"),
+        "trial_timeout": Rule("duration", optional=True, parse=parse_duration,
+                              help="a trial running longer is killed and recorded as failed"),
+        "trial_memory": Rule("size", optional=True, parse=parse_size,
+                             help="a trial whose process uses more memory (512MB, 4GB, 2GiB) is killed and failed"),
+    }),
+    "sampler": Rule("str", default="tpe", choices=SAMPLERS, help="Optuna's sampler"),
+    "techniques": Rule("mapping", default={}, keys=tuple(REGISTRY.names()),
+                       text="a mapping of technique name to its settings",
+                       help="the techniques searched, each with its keys (see below); a technique left out never "
+                            "runs"),
+}
+TOP_KEYS = tuple(SPACE_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -61,13 +107,12 @@ class SearchSpace:
     trial_memory_bytes: int | None = None  # likewise for the trial process's resident memory
 
     def technique_layers(self, tech: TechniqueSpace) -> list[LayerInfo]:
-        return match_layers(list(self.layers), tech.layer_patterns)
+        return list(tech.layers)
 
     def sample(self, trial: optuna.Trial) -> Recipe:
         steps = []
-        for tech in self.techniques:
-            extra = {"groups": tech.groups} if tech.groups else {}
-            config = TECHNIQUES[tech.name].sample(trial, tech.dims, self.technique_layers(tech), **extra)
+        for tech in self.techniques:  # in the registry's model-stage order
+            config = REGISTRY.named(tech.name).sample(trial, tech)
             if config is not None:
                 steps.append(config)
         return Recipe(tuple(steps))
@@ -85,9 +130,7 @@ class SearchSpace:
             "constraints": {"max_quality_drop": self.max_quality_drop},
             "sampler": self.sampler,
             "techniques": {t.name: {**{k: dim(v) for k, v in t.dims.items()},
-                                    **({"layers": list(t.layer_patterns)} if "layers" in TECHNIQUES[t.name].settings
-                                       else {}),
-                                    **({"groups": {g: list(p) for g, p in t.groups}} if t.groups else {})}
+                                    **{k: _plain(v) for k, v in t.settings.items() if v is not None}}
                            for t in self.techniques},
         }
 
@@ -99,16 +142,47 @@ class SearchSpace:
     def dimension_lines(self) -> list[str]:
         lines = []
         for tech in self.techniques:
+            technique = REGISTRY.named(tech.name)
             for key, d in tech.dims.items():
-                when = TECHNIQUES[tech.name].conditions.get(key)
+                when = technique.conditions.get(key)
                 lines.append(f"{tech.name}.{key}: {d.describe()}" + (f"  (only when {when})" if when else ""))
-            if "layers" in TECHNIQUES[tech.name].settings:
-                names = [layer.name for layer in self.technique_layers(tech)]
+            if "layers" in technique.settings:
+                names = [layer.name for layer in tech.layers]
                 lines.append(f"{tech.name} layers ({len(names)}): {', '.join(names)}")
-            for group, patterns in tech.groups:
-                members = [layer.name for layer in match_layers(self.technique_layers(tech), patterns)]
-                lines.append(f"{tech.name} group {group!r} shares one value ({len(members)}): {', '.join(members)}")
+            lines += technique.describe(tech)
         return lines
+
+    def explain(self) -> list[str]:
+        """Every key this space may hold, with what it allows and what it does (`validate --explain`)."""
+        lines = ["space file:", *(f"  {line}" for line in explain(SPACE_SCHEMA))]
+        options = TASKS[self.task_name].OPTIONS
+        lines.append(f"task.options of {self.task_name!r}:" if options else f"task {self.task_name!r} takes no options")
+        lines += [f"  {line}" for line in explain(options, "task.options")]
+        for tech in self.techniques:
+            technique = REGISTRY.named(tech.name)
+            lines.append(f"techniques.{tech.name}: {_first_line(type(technique).__doc__)}")
+            for line in explain(technique.rules, f"techniques.{tech.name}", searched=True):
+                key = line.split(":", 1)[0].rsplit(".", 1)[-1]
+                when = technique.conditions.get(key)
+                lines.append(f"  {line}" + (f" [only when {when}]" if when else ""))
+            lines += [f"  {line}" for line in explain(technique.settings, f"techniques.{tech.name}")]
+        unused = [name for name in REGISTRY.names() if name not in {t.name for t in self.techniques}]
+        if unused:
+            lines.append(f"other techniques (not in this space): {', '.join(unused)}")
+        return lines
+
+
+def _plain(value: Any) -> Any:
+    """A validated setting as JSON: tuples as lists, mappings of them likewise."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if text else ""
 
 
 def parse_yaml(path: Path) -> dict[str, Any]:
@@ -131,62 +205,16 @@ def parse_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _mapping(file: str, key: str, raw: object, allowed: tuple[str, ...] | dict) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SpaceError(file, key, "must be a mapping", raw)
-    for k in raw:
-        if k not in allowed:
-            raise SpaceError(file, f"{key}.{k}" if key else str(k),
-                             f"unknown key; allowed: {allowed_list(allowed)}{did_you_mean(str(k), allowed)}", k)
-    return raw
-
-
-def _patterns(file: str, key: str, raw: object) -> tuple[str, ...]:
-    if isinstance(raw, str) and raw:
-        return (raw,)
-    if isinstance(raw, list) and raw and all(isinstance(p, str) and p for p in raw):
-        return tuple(raw)
-    raise SpaceError(file, key, "must be a layer-name pattern or a list of them (fnmatch, e.g. 'net.*')", raw)
-
-
-def _groups(file: str, key: str, raw: object, layers: list[LayerInfo]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """`{name: pattern(s)}`: each group must match at least one of the technique's layers."""
-    if not isinstance(raw, dict) or not raw:
-        raise SpaceError(file, key, "must map group names to layer-name patterns, e.g. {attention: '*.attention.*'}",
-                         raw)
-    out = []
-    for name, value in raw.items():
-        patterns = _patterns(file, f"{key}.{name}", value)
-        if not match_layers(layers, patterns):
-            raise SpaceError(file, f"{key}.{name}", "matches none of the searched layers; they are: "
-                             + allowed_list(layer.name for layer in layers), value)
-        out.append((str(name), patterns))
-    return tuple(out)
-
-
 def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
-    top = _mapping(file, "", raw, TOP_KEYS)
-    name = top.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise SpaceError(file, "name", "is required: a non-empty string naming the space", name)
-
-    task_raw = _mapping(file, "task", top.get("task"), ("name", "options"))
-    task_name = task_raw.get("name")
+    top = validate_schema(file, "", SPACE_SCHEMA, raw)
+    task_name = top["task"]["name"]
     # A built-in name, or a user task 'module:function' / 'file.py:function' (loaded and registered).
     task_cls = resolve_task(task_name, file, TASKS)
-    task_dims = parse_options(file, "task.options", task_cls.OPTIONS, task_raw.get("options"))
-    task_options = {k: d.choices[0] for k, d in task_dims.items() if isinstance(d, Categorical)}
+    task_options = validate_schema(file, "task.options", task_cls.OPTIONS, top["task"]["options"])
 
-    hw = _mapping(file, "hardware", top.get("hardware"), ("profiles", "objective"))
-    names = hw.get("profiles", ["ort-cpu"])
-    if isinstance(names, str):
-        names = [names]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise SpaceError(file, "hardware.profiles", "must be a non-empty list of profile names", names)
+    names = top["hardware"]["profiles"]
     profiles = tuple(load_profile(n, where=file, key=f"hardware.profiles[{i}]") for i, n in enumerate(names))
-    objective = hw.get("objective", names[0])
+    objective = top["hardware"]["objective"] or names[0]
     if objective not in names:
         raise SpaceError(file, "hardware.objective", f"must be one of the listed profiles: {allowed_list(names)}",
                          objective)
@@ -194,80 +222,36 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
         raise SpaceError(file, "hardware.objective", "must be a measured profile (an estimated one is recorded "
                          "beside it, never optimized for)", objective)
 
-    constraints = _mapping(file, "constraints", top.get("constraints"), CONSTRAINT_KEYS)
-    drop = constraints.get("max_quality_drop", 0.01)
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or drop < 0:
-        raise SpaceError(file, "constraints.max_quality_drop", "must be a number >= 0 (absolute quality drop)", drop)
-
-    budget = _mapping(file, "budget", top.get("budget"), BUDGET_KEYS)
-    trials = budget.get("trials", 20)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise SpaceError(file, "budget.trials", "must be an integer >= 1", trials)
-    timeout_s = None
-    if budget.get("timeout") is not None:
-        try:
-            timeout_s = parse_duration(budget["timeout"])
-        except ValueError as exc:
-            raise SpaceError(file, "budget.timeout", str(exc), None, show_given=False) from None
-
-    limits: dict[str, float | int | None] = {"trial_timeout": None, "trial_memory": None}
-    for key, parse in (("trial_timeout", parse_duration), ("trial_memory", parse_size)):
-        if budget.get(key) is not None:
-            try:
-                limits[key] = parse(budget[key])
-            except ValueError as exc:
-                raise SpaceError(file, f"budget.{key}", str(exc), None, show_given=False) from None
-
-    sampler = top.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise SpaceError(file, "sampler", one_of(SAMPLERS, sampler), sampler)
-
-    tech_raw = top.get("techniques") or {}
-    if not isinstance(tech_raw, dict):
-        raise SpaceError(file, "techniques", "must be a mapping of technique name to its settings", tech_raw)
-    for tname in tech_raw:
-        if tname in PLANNED:
-            raise SpaceError(file, f"techniques.{tname}",
-                             f"is not available yet; available: {allowed_list(TECHNIQUES)}", tname)
-        if tname not in TECHNIQUES:
-            raise SpaceError(file, f"techniques.{tname}",
-                             "unknown technique; " + one_of(TECHNIQUES, tname).replace("must be one of", "allowed:"),
-                             tname)
-
     task = task_cls(task_options, cache_dir)
     task.check_data()
-    layers = tuple(task.layers())
+    layers = list(task.layers())
     techniques = []
-    for tname in ORDER:
-        if tname not in tech_raw:
+    for technique in REGISTRY.model_order():
+        if technique.name not in top["techniques"]:
             continue
-        technique = TECHNIQUES[tname]
-        body = tech_raw[tname] if tech_raw[tname] is not None else {}
-        if not isinstance(body, dict):
-            raise SpaceError(file, f"techniques.{tname}", "must be a mapping of its keys", body)
-        settings = {k: body[k] for k in technique.settings if k in body}
-        dims = parse_options(file, f"techniques.{tname}", technique.rules,
-                             {k: v for k, v in body.items() if k not in technique.settings})
-        patterns = ("*",)
-        if "layers" in technique.settings:
-            patterns = _patterns(file, f"techniques.{tname}.layers", settings.get("layers", "*"))
-            if not match_layers(list(layers), patterns):
-                raise SpaceError(file, f"techniques.{tname}.layers",
-                                 f"matches no layer of task {task_name!r}; its layers: "
-                                 f"{allowed_list(layer.name for layer in layers)}", settings.get("layers"))
-        groups = ()
-        if "groups" in technique.settings and settings.get("groups") is not None:
-            groups = _groups(file, f"techniques.{tname}.groups", settings["groups"],
-                             match_layers(list(layers), patterns))
-        if technique.check is not None:
-            technique.check(file, f"techniques.{tname}", dims, match_layers(list(layers), patterns))
-        techniques.append(TechniqueSpace(tname, dims, patterns, groups))
+        key = f"techniques.{technique.name}"
+        body = top["techniques"][technique.name]
+        body = {} if body is None else body
+        dims = parse_options(file, key, technique.rules, body, also=tuple(technique.settings))
+        settings = validate_schema(file, key, technique.settings, {k: v for k, v in body.items()
+                                                                  if k in technique.settings})
+        matched = layers
+        if "layers" in settings:
+            matched = match_layers(layers, settings["layers"])
+            if not matched:
+                raise SpaceError(file, f"{key}.layers", f"matches no layer of task {task_name!r}; its layers: "
+                                 f"{allowed_list(layer.name for layer in layers)}", body.get("layers"))
+        tech = TechniqueSpace(technique.name, dims, tuple(matched), settings)
+        technique.check(file, key, tech)
+        techniques.append(tech)
 
+    budget = top["budget"]
     return SearchSpace(
-        file=file, name=name, description=str(top.get("description", "")), task_name=task_name,
-        task_options=task_options, profiles=profiles, objective_profile=objective, max_quality_drop=float(drop),
-        trials=trials, timeout_s=timeout_s, sampler=sampler, techniques=tuple(techniques), layers=layers,
-        trial_timeout_s=limits["trial_timeout"], trial_memory_bytes=limits["trial_memory"],
+        file=file, name=top["name"], description=top["description"], task_name=task_name,
+        task_options=task_options, profiles=profiles, objective_profile=objective,
+        max_quality_drop=top["constraints"]["max_quality_drop"], trials=budget["trials"], timeout_s=budget["timeout"],
+        sampler=top["sampler"], techniques=tuple(techniques), layers=tuple(layers),
+        trial_timeout_s=budget["trial_timeout"], trial_memory_bytes=budget["trial_memory"],
     )
 
 

@@ -40,9 +40,9 @@ TASK_OPTIONS = {"hidden": 2048, "epochs": 5, "seed": 0}  # ~2.2 M MACs per query
 
 
 def build_model(workdir: Path) -> Path:
+    from search.compress import build_artifact
     from search.recipe import Recipe
     from search.tasks import TASKS
-    from search.techniques.pipeline import build_artifact
 
     task = TASKS["digits"](TASK_OPTIONS, workdir / "cache")
     return build_artifact(task.build_model(), Recipe(), task, workdir / "artifact").path

@@ -20,11 +20,11 @@ import tempfile
 from pathlib import Path
 
 from hardware.profiles import load_profile, make_backend
+from search.compress import build_artifact
 from search.recipe import Recipe
 from search.tasks.digits import DigitsTask
 from search.techniques.distill import DistillConfig
 from search.techniques.factorize import FactorizeConfig
-from search.techniques.pipeline import build_artifact
 from search.techniques.prune import PruneConfig
 from search.techniques.quantize import QuantizeConfig
 from search.techniques.share import ShareConfig

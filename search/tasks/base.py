@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from search.layers import LayerInfo, discover_layers
+from search.params import Rule
 
 if TYPE_CHECKING:
-    from search.export import Artifact
-from search.params import Rule
+    from hardware.artifact import Artifact
 
 Feeds = dict[str, np.ndarray]
 Predict = Callable[[Feeds], np.ndarray]
@@ -78,9 +78,7 @@ class Task(ABC):
         The default suits classifiers (KL on temperature-softened logits plus the task loss);
         a task whose output is not a logit vector (an embedding, a regression) overrides it.
         """
-        from search.techniques.distill import distill_loss  # late: techniques import tasks
-
-        return distill_loss(student_out, teacher_out, labels, config, self.task_loss)
+        return kd_loss(student_out, teacher_out, labels, config.temperature, config.alpha, self.task_loss)
 
     def cached_fp32_export(self) -> Artifact | None:
         """An ONNX export of `build_model()` (with its layer -> node map) kept from an earlier run,
@@ -111,3 +109,15 @@ class Task(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({', '.join(f'{k}={v}' for k, v in self.options.items())})"
+
+
+def kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor | None, temperature: float,
+            alpha: float, task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Hinton's distillation loss: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * the task loss."""
+    t = temperature
+    soft = nn.functional.kl_div(
+        nn.functional.log_softmax(student_out / t, dim=-1), nn.functional.softmax(teacher_out / t, dim=-1),
+        reduction="batchmean") * (t * t)
+    if labels is None or alpha >= 1.0:
+        return soft
+    return alpha * soft + (1.0 - alpha) * task_loss(student_out, labels)

@@ -29,7 +29,7 @@ from search.params import Rule
 from search.tasks.base import Feeds, Predict, Task
 
 if TYPE_CHECKING:
-    from search.export import Artifact
+    from hardware.artifact import Artifact
 
 DEFAULT_STS_DIR = "../shared/data/sts"
 STS_DIR_ENV = "COMPSEARCH_STS_DIR"
@@ -307,7 +307,8 @@ class MiniLMSTSTask(Task):
     def fp32_onnx(self) -> Artifact:
         """The uncompressed model exported once to ONNX and cached (keyed by weights and opset),
         with its layer -> node map beside it (the exporter's scope metadata is gone from the file)."""
-        from search.export import OPSET, Artifact, export_onnx
+        from hardware.artifact import Artifact
+        from search.export import OPSET, export_onnx
 
         path = self.cache_dir / f"minilm-fp32-{self._key('onnx', OPSET)}.onnx"
         nodes = path.with_suffix(".layers.json")

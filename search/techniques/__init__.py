@@ -1,13 +1,18 @@
-"""Compression techniques, each a config dataclass plus the function that applies it."""
+"""Compression techniques: one module each, registered for its config class.
 
-from search.techniques import distill, factorize, prune, quantize, share, transformer_prune
-from search.techniques.base import ORDER, Technique
+Importing this package imports every module in it, so a technique registers itself by being
+here (see `base.Technique` for the contract and README "Adding a technique"). The registry is
+the only list of techniques and holds both stage orders.
+"""
 
-TECHNIQUES: dict[str, Technique] = {t.name: t for t in (factorize.TECHNIQUE, prune.TECHNIQUE, distill.TECHNIQUE,
-                                                         quantize.TECHNIQUE, transformer_prune.TECHNIQUE,
-                                                         share.TECHNIQUE)}
-# Names from the design's pipeline that are not built yet: the loader says so instead of
-# pretending they are unknown.
-PLANNED = tuple(name for name in ORDER if name not in TECHNIQUES)
+import importlib
+import pkgutil
 
-__all__ = ["ORDER", "PLANNED", "TECHNIQUES", "Technique"]
+from search.techniques.base import CompressionState, FrozenMap, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques.registry import REGISTRY, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["REGISTRY", "CompressionState", "FrozenMap", "Technique", "TechniqueConfig", "TechniqueSpace",
+           "register"]

@@ -1,70 +1,221 @@
-"""The technique contract.
+"""The technique contract: one abstract base class, one config base, one compression state.
 
-A technique is a config dataclass (in `search.recipe`'s registry) plus:
-  - `rules`: the YAML keys it accepts under `techniques.<name>` and what each allows,
-  - `sample(trial, dims, layers)`: build its config from an Optuna trial, or None to skip it,
-  - `stage`: "torch" (transforms an nn.Module before export: `apply(model, config, ctx)`)
-    or "onnx" (transforms the exported artifact), and the apply function for that stage.
-A technique never sees Optuna beyond `sample`, and never sees MLflow.
+A technique is one module that defines a frozen config (a `TechniqueConfig` with a JSON type
+tag) and a `Technique` subclass registered for it (`@register`, search/techniques/registry.py).
+The registry is the only list of techniques and holds their order; the stage runner
+(search/compress.py) loops over it and names none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from search.params import Rule
+from search.layers import LayerInfo, layer_patterns
+from search.params import Dimension, Rule
 
 if TYPE_CHECKING:
+    import optuna
     from torch import nn
 
+    from hardware.artifact import Artifact
     from search.tasks.base import Task
 
-# The fixed pipeline order; a recipe that leaves a technique out skips it.
-# Whole-structure cuts first (transformer_prune removes layers, neurons and heads), then the
-# per-matrix ones on what is left; distillation recovers quality before weights are shared and quantized.
-ORDER = ("transformer_prune", "factorize", "prune", "distill", "share", "quantize")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V], Generic[K, V]):
+    """An immutable, ordered mapping: how configs hold per-layer values (layer -> bits, layer -> k).
+
+    Built once from a mapping or from (key, value) pairs; JSON writes it as an object."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[K, V] | Any = ()):
+        self._data: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
 
 
 @dataclass(frozen=True)
-class Technique:
-    name: str
-    stage: str
-    rules: dict[str, Rule]
-    sample: Callable[..., Any]
-    apply: Callable[..., Any]
-    # Keys that are settings rather than searched dimensions (layer patterns).
-    settings: dict[str, Rule] = field(default_factory=dict)
-    doc: str = ""
-    # Optional space-time check beyond the per-key rules: check(file, key, dims, matched_layers)
-    # raises SpaceError (e.g. a fixed rank larger than a matched layer).
-    check: Callable[..., None] | None = None
-    # Conditional keys: key -> when it is sampled ("mode is qat"); `validate` prints it.
-    conditions: dict[str, str] = field(default_factory=dict)
+class TechniqueConfig:
+    """Base of every technique config: frozen, JSON round-trippable, tagged with `type`.
 
+    Fields annotated `FrozenMap[...]` accept a mapping or (key, value) pairs and are frozen here,
+    once; a subclass's `__post_init__` checks its invariants after calling this one."""
+
+    type: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if str(f.type).startswith("FrozenMap") and not isinstance(getattr(self, f.name), FrozenMap):
+                object.__setattr__(self, f.name, FrozenMap(getattr(self, f.name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TechniqueConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names - {"type"}
+        if unknown:
+            raise ValueError(f"{cls.type}: unknown fields {sorted(unknown)}; allowed: {sorted(names)}")
+        return cls(**{k: _freeze(v) for k, v in data.items() if k != "type"})
+
+    def summary(self) -> str:
+        return self.type
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenMap((str(k), _freeze(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def layers_setting(help: str) -> Rule:
+    """The `layers:` setting (fnmatch patterns over the discovered layer names, default all)."""
+    return Rule("patterns", default="*", searchable=False, parse=layer_patterns, help=help,
+                text="a layer-name pattern or a list of them (fnmatch, e.g. 'net.*')")
+
+
+@dataclass(frozen=True)
+class TechniqueSpace:
+    """One technique's part of a validated space: what `sample`, `anchors` and `check` read.
+
+    `dims` are its searched keys (one Dimension per rule), `layers` the model's layers its
+    `layers` setting matched (all discovered layers when it has no such setting), `settings`
+    its other validated, non-searched keys (layer patterns, groups)."""
+
+    name: str
+    dims: dict[str, Dimension]
+    layers: tuple[LayerInfo, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class Context:
-    """What torch-stage techniques may use besides the model: the uncompressed teacher and the
-    task's training data (for distillation and fine-tuning)."""
+class CompressionState:
+    """Everything one candidate's compression works on, handed to every stage hook.
 
-    teacher: nn.Module
-    task: Task
+    Techniques replace `model` with a new module and never change a module in place: the
+    teacher, and a cached student, must stay as they are. The stage runner records whether
+    any step replaced the model (`changed`), exports it into `artifact` between the stages,
+    and writes `notes` (what each technique did to each layer) into the artifact's records."""
+
+    model: nn.Module
+    task: Task | None = None
+    teacher: nn.Module | None = None  # the uncompressed model (default: `model` as given)
     seed: int = 0
-    keep_zeros: bool = False  # set when unstructured pruning ran: fine-tuning keeps its zeros
-    # What techniques did to each layer (keyed by the layer's name when the technique ran),
-    # merged into the artifact's per-layer record (layers.json).
-    layer_notes: dict[str, dict] = field(default_factory=dict)
+    keep_zeros: bool = False  # unstructured pruning ran: fine-tuning keeps its zeros at zero
+    notes: dict[str, dict] = field(default_factory=dict)  # layer -> what techniques did to it
+    layer_bits: Mapping[str, str] = field(default_factory=dict)  # bit-width per layer of `model` (default fp32)
+    learned: dict[str, dict] = field(default_factory=dict)  # QAT: int8 parameters per layer for the ONNX stage
+    artifact: Artifact | None = None  # the ONNX artifact, once exported
+    changed: bool = False  # some model-stage step replaced `model`
+
+    def __post_init__(self) -> None:
+        if self.teacher is None:
+            self.teacher = self.model
+
+    def note(self, layer: str, **values: Any) -> None:
+        """Record what a technique did to `layer` (merged into the layer's entry in layers.json)."""
+        self.notes.setdefault(layer, {}).update(values)
+
+    def bits_of(self, layer: str) -> str:
+        return self.layer_bits.get(layer, "fp32")
+
+    @property
+    def layer_nodes(self) -> dict[str, str]:
+        """Layer -> the ONNX node computing it (empty before export)."""
+        return self.artifact.layer_nodes if self.artifact is not None else {}
 
 
-def task_or_teacher_loss(ctx: Context, teacher: nn.Module, inputs: tuple, labels: object, out: object) -> object:
-    """Fine-tuning loss: the task's own loss where it has labels, else MSE to the teacher's outputs."""
-    import torch
+class Technique(ABC):
+    """A compression technique: its config, its searchable settings, how it samples, what it does.
 
-    if labels is not None:
-        return ctx.task.task_loss(out, labels)
-    with torch.no_grad():
-        target = teacher(*inputs)
-    return torch.nn.functional.mse_loss(out, target)
+    Contract (one module per technique; `@register` adds it to the registry):
+
+    - `name`: its key under `techniques:` in a space file; `config_type`: its frozen
+      `TechniqueConfig` subclass, whose `type` tag equals `name`. A recipe holds one config per
+      technique it uses; a technique left out of a recipe does not run.
+    - `rules`: the searchable keys (a value, a list or a range each, see `search.params`);
+      `settings`: the keys that are not searched (`layers` patterns, `groups`), with real
+      schemas; `conditions`: key -> when it is sampled, as `validate` prints it. Every rule
+      carries a `help`, which `compsearch validate --explain` prints.
+    - `order`: its place in the model stage (lower runs first); `graph_order`: its place in
+      the ONNX stage (default: `order`). `student`: its model-stage output depends only on the
+      recipe's steps up to it and is a trained fp32 model, so it may be cached by the hash of
+      that prefix; student techniques run before every other (the registry checks this).
+    - `check(file, key, space)`: space-time checks beyond the per-key rules (a fixed rank
+      larger than a matched layer); raise `SpaceError` naming `key`.
+    - `sample(trial, space)`: the config for one Optuna trial, or None to leave the
+      technique out. Sample only the parameters that matter for the values already drawn.
+    - `anchors(space)`: the standard settings of this technique alone that the space allows
+      (a study tries them early); default none.
+    - `apply_model(state, config)`: the PyTorch stage, on `state.model` (replace it, never
+      change it in place); `apply_graph(state, config)`: the ONNX stage, on `state.artifact`
+      (rewrite its file, update its layer -> node map). Both default to doing nothing.
+    - `describe(space)`: extra lines for `compsearch validate` (default none).
+
+    A technique never sees Optuna beyond `sample`, never sees MLflow, and learns what other
+    techniques did only through the state (`layer_bits`, `notes`, `keep_zeros`).
+    """
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[TechniqueConfig]]
+    rules: ClassVar[dict[str, Rule]] = {}
+    settings: ClassVar[dict[str, Rule]] = {}
+    conditions: ClassVar[dict[str, str]] = {}
+    order: ClassVar[int]
+    graph_order: ClassVar[int | None] = None
+    student: ClassVar[bool] = False
+
+    def check(self, file: str, key: str, space: TechniqueSpace) -> None:  # noqa: B027 - optional hook
+        """Raise SpaceError if the space asks for something this technique cannot do."""
+
+    @abstractmethod
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> TechniqueConfig | None:
+        """This technique's config for one trial, or None to leave it out."""
+
+    def anchors(self, space: TechniqueSpace) -> list[TechniqueConfig]:
+        """The standard settings of this technique alone that the space allows."""
+        return []
+
+    def apply_model(self, state: CompressionState, config: TechniqueConfig) -> None:  # noqa: B027 - optional hook
+        """The PyTorch stage: replace `state.model`, record notes."""
+
+    def apply_graph(self, state: CompressionState, config: TechniqueConfig) -> None:  # noqa: B027 - optional hook
+        """The ONNX stage: rewrite `state.artifact`."""
+
+    def describe(self, space: TechniqueSpace) -> list[str]:
+        """Extra lines `compsearch validate` prints for this technique's part of the space."""
+        return []

@@ -22,18 +22,15 @@ import optuna
 import torch
 from torch import nn
 
-from hardware.lock import let_measurements_through
 from search.errors import UserError
-from search.layers import LayerInfo
-from search.params import Dimension, Rule
-from search.recipe import TechniqueConfig, register_config
-from search.techniques import prune
-from search.techniques.base import Context, Technique
+from search.params import Rule
+from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.factorize import LowRank
-from search.techniques.prune import Chain, chains
+from search.techniques.prune import ELEMENTWISE_MODULES, Chain, chains
+from search.techniques.registry import register
+from search.techniques.training import fine_tune
 
 
-@register_config
 @dataclass(frozen=True)
 class DistillConfig(TechniqueConfig):
     type = "distill"
@@ -44,6 +41,7 @@ class DistillConfig(TechniqueConfig):
     drop_blocks: int = 0  # hidden blocks removed from the student before training
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.drop_blocks < 0:
             raise ValueError(f"distill drop_blocks must be >= 0, but got drop_blocks={self.drop_blocks}")
         if self.epochs < 1:
@@ -58,72 +56,53 @@ class DistillConfig(TechniqueConfig):
         return f"distill {self.epochs}ep T={self.temperature:g} a={self.alpha:g}{fewer}"
 
 
-RULES = {
-    "epochs": Rule("int", minimum=0, maximum=1000, help="0 skips distillation"),
-    "temperature": Rule("float", default=4.0, minimum=0.1, maximum=100.0),
-    "alpha": Rule("float", default=0.7, minimum=0.0, maximum=1.0),
-    "lr": Rule("float", default=1e-3, minimum=1e-7, maximum=1.0),
-    "drop_blocks": Rule("int", default=0, minimum=0, maximum=64,
-                        help="hidden Linear+activation blocks removed from the student (folded into the next layer)"),
-}
+@register
+class Distill(Technique):
+    """Fine-tune the compressed student against the uncompressed teacher (optionally shallower first)."""
 
+    name = "distill"
+    config_type = DistillConfig
+    rules = {
+        "epochs": Rule("int", minimum=0, maximum=1000, help="epochs of distillation; 0 skips distillation"),
+        "temperature": Rule("float", default=4.0, minimum=0.1, maximum=100.0,
+                            help="softens both models' outputs before they are compared (Hinton's T)"),
+        "alpha": Rule("float", default=0.7, minimum=0.0, maximum=1.0,
+                      help="weight of the teacher's loss; the task loss takes the rest (labelled tasks)"),
+        "lr": Rule("float", default=1e-3, minimum=1e-7, maximum=1.0, help="Adam learning rate"),
+        "drop_blocks": Rule("int", default=0, minimum=0, maximum=64,
+                            help="hidden Linear+activation blocks removed from the student (folded into the next "
+                                 "layer)"),
+    }
+    conditions = {k: "epochs > 0" for k in ("temperature", "alpha", "lr", "drop_blocks")}
+    # Distillation recovers what the cuts before it cost, before weights are shared and quantized.
+    order = 40
+    student = True
 
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> DistillConfig | None:
-    epochs = int(dims["epochs"].suggest(trial, "distill.epochs"))
-    if epochs == 0:
-        return None
-    # Conditional: temperature, alpha and lr exist only when distillation runs.
-    return DistillConfig(
-        epochs=epochs,
-        temperature=round(float(dims["temperature"].suggest(trial, "distill.temperature")), 6),
-        alpha=round(float(dims["alpha"].suggest(trial, "distill.alpha")), 6),
-        lr=float(dims["lr"].suggest(trial, "distill.lr")),
-        drop_blocks=int(dims["drop_blocks"].suggest(trial, "distill.drop_blocks")),
-    )
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> DistillConfig | None:
+        dims = space.dims
+        epochs = int(dims["epochs"].suggest(trial, "distill.epochs"))
+        if epochs == 0:
+            return None
+        # Conditional: temperature, alpha and lr exist only when distillation runs.
+        return DistillConfig(
+            epochs=epochs,
+            temperature=float(dims["temperature"].suggest(trial, "distill.temperature")),
+            alpha=float(dims["alpha"].suggest(trial, "distill.alpha")),
+            lr=float(dims["lr"].suggest(trial, "distill.lr")),
+            drop_blocks=int(dims["drop_blocks"].suggest(trial, "distill.drop_blocks")),
+        )
 
-
-def distill_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor | None,
-                 config: DistillConfig, task_loss) -> torch.Tensor:
-    t = config.temperature
-    soft = nn.functional.kl_div(
-        nn.functional.log_softmax(student_out / t, dim=-1), nn.functional.softmax(teacher_out / t, dim=-1),
-        reduction="batchmean") * (t * t)
-    if labels is None or config.alpha >= 1.0:
-        return soft
-    return config.alpha * soft + (1.0 - config.alpha) * task_loss(student_out, labels)
-
-
-def apply(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
-    teacher = ctx.teacher.eval()
-    torch.manual_seed(ctx.seed)
-    if config.drop_blocks:
-        model = reduce_depth(model, config.drop_blocks, ctx.task.train_batches()[0][0], ctx.layer_notes)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    # Weights pruned to exactly zero stay zero: distillation must not undo unstructured pruning.
-    masks = {name: (p != 0) for name, p in model.named_parameters() if ctx.keep_zeros and p.dim() > 1}
-    model.train()
-    batches = ctx.task.train_batches()
-    targets: list[torch.Tensor | None] = [None] * len(batches)  # the teacher runs once per batch, not per epoch
-    order = torch.Generator().manual_seed(ctx.seed)
-    for _ in range(config.epochs):
-        for i in torch.randperm(len(batches), generator=order).tolist():
-            let_measurements_through()  # a waiting timing on this host runs now, not after all epochs
-            inputs, labels = batches[i]
-            if targets[i] is None:
-                with torch.no_grad():
-                    targets[i] = teacher(*inputs)
-            target = targets[i]
-            # The task decides how outputs are compared (KL on logits for classifiers by default).
-            loss = ctx.task.distill_loss(model(*inputs), target, labels, config)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if masks:
-                with torch.no_grad():
-                    for name, p in model.named_parameters():
-                        if name in masks:
-                            p.mul_(masks[name])
-    return model.eval()
+    def apply_model(self, state: CompressionState, config: DistillConfig) -> None:
+        assert state.task is not None, "distillation needs the task's training data"
+        task = state.task
+        if config.drop_blocks:
+            model = reduce_depth(state.model, config.drop_blocks, task.train_batches()[0][0], state.notes)
+        else:
+            model = copy.deepcopy(state.model)
+        # The task decides how outputs are compared (KL on logits for classifiers by default).
+        fine_tune(state, model, model.parameters(), epochs=config.epochs, lr=config.lr,
+                  loss=lambda out, labels, teacher_out: task.distill_loss(out, teacher_out(), labels, config))
+        state.model = model
 
 
 def _foldable(model: nn.Module, chain: Chain) -> bool:
@@ -131,7 +110,7 @@ def _foldable(model: nn.Module, chain: Chain) -> bool:
     layers = (model.get_submodule(chain.producer), model.get_submodule(chain.consumer))
     if chain.functional or chain.flatten or not all(type(m) is nn.Linear for m in layers):
         return False
-    if not all(isinstance(model.get_submodule(n), prune.ELEMENTWISE_MODULES) for n in chain.between):
+    if not all(isinstance(model.get_submodule(n), ELEMENTWISE_MODULES) for n in chain.between):
         return False
     parents = {n.rpartition(".")[0] for n in (chain.producer, chain.consumer)}
     return not any(p and isinstance(model.get_submodule(p), LowRank) for p in parents)
@@ -152,14 +131,15 @@ def fold_block(model: nn.Module, chain: Chain) -> nn.Module:
             bias += after.weight @ block.bias
         merged.bias.copy_(bias)
     for name in (chain.producer, *chain.between):
-        prune.set_submodule(model, name, nn.Identity())
-    prune.set_submodule(model, chain.consumer, merged)
+        model.set_submodule(name, nn.Identity(), strict=True)
+    model.set_submodule(chain.consumer, merged, strict=True)
     return model
 
 
 @torch.no_grad()
 def reduce_depth(model: nn.Module, n: int, inputs: tuple[torch.Tensor, ...], notes: dict[str, dict]) -> nn.Module:
-    """Remove `n` hidden blocks, each time the one whose folding moves the outputs least on `inputs`."""
+    """A copy of `model` with `n` hidden blocks removed, each time the one whose folding moves the
+    outputs least on `inputs`."""
     model.eval()
     for done in range(n):
         candidates = [c for c in chains(model) if _foldable(model, c)]
@@ -175,7 +155,3 @@ def reduce_depth(model: nn.Module, n: int, inputs: tuple[torch.Tensor, ...], not
         notes.setdefault(best.consumer, {})["distill_folded"] = best.producer
     return model
 
-
-CONDITIONS = {k: "epochs > 0" for k in ("temperature", "alpha", "lr", "drop_blocks")}
-TECHNIQUE = Technique(name="distill", stage="torch", rules=RULES, sample=sample, apply=apply, doc=__doc__ or "",
-                      conditions=CONDITIONS)

@@ -25,10 +25,9 @@ import torch
 from torch import nn
 
 from search.errors import SpaceError, UserError, allowed_list
-from search.layers import LayerInfo
 from search.params import Categorical, Dimension, Range, Rule
-from search.recipe import TechniqueConfig, register_config
-from search.techniques.base import Context, Technique
+from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace, layers_setting
+from search.techniques.registry import register
 
 CRITERIA = ("rank_ratio", "energy", "rank")
 _LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -42,7 +41,6 @@ class LowRank(nn.Sequential):
         self.rank = rank
 
 
-@register_config
 @dataclass(frozen=True)
 class FactorizeConfig(TechniqueConfig):
     type = "factorize"
@@ -52,6 +50,7 @@ class FactorizeConfig(TechniqueConfig):
     rank: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         given = [c for c in CRITERIA if getattr(self, c) is not None]
         if len(given) != 1:
             raise ValueError(f"factorize needs exactly one of {CRITERIA}, but got {given or 'none'}")
@@ -71,18 +70,6 @@ class FactorizeConfig(TechniqueConfig):
         return f"factorize {self.criterion}={value:g} ({len(self.layers)} layers)"
 
 
-RULES = {
-    "rank_ratio": Rule("float", default=0.0, minimum=0.0, maximum=1.0,
-                       help="rank kept as a fraction of each layer's full rank; 0 = not used / skip"),
-    "energy": Rule("float", default=0.0, minimum=0.0, maximum=1.0,
-                   help="smallest rank keeping this fraction of sum(S^2); 0 = not used / skip"),
-    "rank": Rule("int", default=0, minimum=0, maximum=1_000_000,
-                 help="a fixed rank for every matched layer; 0 = not used / skip"),
-}
-SETTINGS = {"layers": Rule("str", default="*", searchable=False,
-                           help="fnmatch pattern(s) of the layers that may be factorized")}
-
-
 def _unused(dim: Dimension) -> bool:
     return isinstance(dim, Categorical) and dim.choices == (0,)
 
@@ -97,35 +84,6 @@ def full_rank(shape: tuple[int, ...]) -> int:
     for d in shape[1:]:
         inner *= d
     return min(shape[0], inner)
-
-
-def check(file: str, key: str, dims: dict[str, Dimension], layers: list[LayerInfo]) -> None:
-    """Space-time checks: some criterion is given, and a fixed rank fits every matched layer."""
-    if all(_unused(dims[c]) for c in CRITERIA):
-        raise SpaceError(file, key, f"needs one of {allowed_list(CRITERIA)} (a value or a search range)",
-                         None, show_given=False)
-    if not _unused(dims["rank"]):
-        top = int(_highest(dims["rank"]))
-        for layer in layers:
-            if top > full_rank(layer.weight_shape):
-                raise SpaceError(
-                    file, f"{key}.rank",
-                    f"must not exceed the full rank of any matched layer; layer {layer.name!r} (weight "
-                    f"{'x'.join(map(str, layer.weight_shape))}) has full rank {full_rank(layer.weight_shape)}; "
-                    f"lower the rank or narrow techniques.factorize.layers", top)
-
-
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> FactorizeConfig | None:
-    enabled = [c for c in CRITERIA if not _unused(dims[c])]
-    if not enabled or not layers:
-        return None
-    # Conditional: with several criteria the trial first picks one, then samples only its value.
-    by = enabled[0] if len(enabled) == 1 else trial.suggest_categorical("factorize.by", enabled)
-    value = dims[by].suggest(trial, f"factorize.{by}")
-    if value == 0:
-        return None  # 0 inside a range means "no factorization" for this trial
-    value = int(value) if by == "rank" else round(float(value), 6)
-    return FactorizeConfig(layers=tuple(layer.name for layer in layers), **{by: value})
 
 
 def _choose_rank(config: FactorizeConfig, singular: torch.Tensor, full: int, name: str, shape: tuple) -> int:
@@ -160,14 +118,69 @@ def _halves(layer: nn.Module, a: torch.Tensor, b: torch.Tensor, r: int) -> tuple
     return first, second
 
 
+@register
+class Factorize(Technique):
+    """Truncated SVD: a layer becomes two thinner ones."""
+
+    name = "factorize"
+    config_type = FactorizeConfig
+    rules = {
+        "rank_ratio": Rule("float", default=0.0, minimum=0.0, maximum=1.0,
+                           help="rank kept as a fraction of each layer's full rank; 0 = not used / skip"),
+        "energy": Rule("float", default=0.0, minimum=0.0, maximum=1.0,
+                       help="smallest rank keeping this fraction of sum(S^2); 0 = not used / skip"),
+        "rank": Rule("int", default=0, minimum=0, maximum=1_000_000,
+                     help="a fixed rank for every matched layer; 0 = not used / skip"),
+    }
+    settings = {"layers": layers_setting("fnmatch pattern(s) of the layers that may be factorized")}
+    conditions = {c: f"factorize.by is {c}; 0 = not used" for c in CRITERIA}
+    order = 20
+    student = True
+
+    def check(self, file: str, key: str, space: TechniqueSpace) -> None:
+        """Some criterion is given, and a fixed rank fits every matched layer."""
+        dims = space.dims
+        if all(_unused(dims[c]) for c in CRITERIA):
+            raise SpaceError(file, key, f"needs one of {allowed_list(CRITERIA)} (a value or a search range)",
+                             None, show_given=False)
+        if not _unused(dims["rank"]):
+            top = int(_highest(dims["rank"]))
+            for layer in space.layers:
+                if top > full_rank(layer.weight_shape):
+                    raise SpaceError(
+                        file, f"{key}.rank",
+                        f"must not exceed the full rank of any matched layer; layer {layer.name!r} (weight "
+                        f"{'x'.join(map(str, layer.weight_shape))}) has full rank {full_rank(layer.weight_shape)}; "
+                        f"lower the rank or narrow techniques.factorize.layers", top)
+
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> FactorizeConfig | None:
+        enabled = [c for c in CRITERIA if not _unused(space.dims[c])]
+        if not enabled or not space.layers:
+            return None
+        # Conditional: with several criteria the trial first picks one, then samples only its value.
+        by = enabled[0] if len(enabled) == 1 else trial.suggest_categorical("factorize.by", enabled)
+        value = space.dims[by].suggest(trial, f"factorize.{by}")
+        if value == 0:
+            return None  # 0 inside a range means "no factorization" for this trial
+        value = int(value) if by == "rank" else float(value)
+        return FactorizeConfig(layers=tuple(layer.name for layer in space.layers), **{by: value})
+
+    def apply_model(self, state: CompressionState, config: FactorizeConfig) -> None:
+        state.model = factorize_model(state.model, config, state.notes, state.teacher)
+
+
 @torch.no_grad()
-def apply(model: nn.Module, config: FactorizeConfig, ctx: Context | None = None) -> nn.Module:
+def factorize_model(model: nn.Module, config: FactorizeConfig, notes: dict[str, dict] | None = None,
+                    teacher: nn.Module | None = None) -> nn.Module:
+    """A copy of `model` with the configured layers factorized; `notes` collects rank and energy per layer.
+
+    `teacher`: the uncompressed model, to tell a layer an earlier step removed from a wrong name."""
     model = copy.deepcopy(model)
-    notes = ctx.layer_notes if ctx is not None else {}
+    notes = notes if notes is not None else {}
     modules = dict(model.named_modules())
     for name in config.layers:
         layer = modules.get(name)
-        if layer is None and ctx is not None and name in dict(ctx.teacher.named_modules()):
+        if layer is None and teacher is not None and name in dict(teacher.named_modules()):
             # The space found this layer in the model; an earlier step (transformer_prune's
             # keep_layers) removed it from this candidate: nothing to factorize.
             notes[name] = {"factorize": "skipped: removed by an earlier step"}
@@ -190,18 +203,7 @@ def apply(model: nn.Module, config: FactorizeConfig, ctx: Context | None = None)
             continue
         root = s[:r].sqrt()
         first, second = _halves(layer, root[:, None] * vh[:r], u[:, :r] * root[None, :], r)
-        _set_submodule(model, name, LowRank(first, second, r))
+        model.set_submodule(name, LowRank(first, second, r), strict=True)
         kept = float((s[:r] ** 2).sum() / (s**2).sum())
         notes[name] = {"factorize": "factorized", "rank": r, "full_rank": full, "energy_kept": round(kept, 4)}
     return model
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-TECHNIQUE = Technique(name="factorize", stage="torch", rules=RULES, settings=SETTINGS, sample=sample, apply=apply,
-                      check=check, doc=__doc__ or "",
-                      conditions={c: f"factorize.by is {c}; 0 = not used" for c in CRITERIA})

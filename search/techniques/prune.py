@@ -23,17 +23,15 @@ import torch
 from torch import fx, nn
 
 from search.errors import UserError
-from search.layers import LayerInfo
-from search.params import Dimension, Rule
-from search.recipe import TechniqueConfig, register_config
-from search.techniques.base import Context, Technique
+from search.params import Rule
+from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.factorize import LowRank
+from search.techniques.registry import register
 
 STRUCTURES = ("unstructured", "structured")
 SCOPES = ("global", "layer")
 
 
-@register_config
 @dataclass(frozen=True)
 class PruneConfig(TechniqueConfig):
     type = "prune"
@@ -42,6 +40,7 @@ class PruneConfig(TechniqueConfig):
     scope: str = "global"  # unstructured only: one threshold for all layers, or one per layer
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"prune ratio must satisfy 0 <= ratio < 1 (1.0 would remove every weight), "
                              f"but got ratio={self.ratio}")
@@ -55,32 +54,49 @@ class PruneConfig(TechniqueConfig):
         return f"prune {self.structure}{scope} {self.ratio:.0%}"
 
 
-RULES = {
-    "ratio": Rule("float", minimum=0.0, maximum=1.0, max_exclusive=True,
-                  help="fraction of weights (unstructured) or hidden neurons/channels (structured) removed"),
-    "structure": Rule("str", default="unstructured", choices=STRUCTURES),
-    "scope": Rule("str", default="global", choices=SCOPES,
-                  help="unstructured only: one magnitude threshold over all layers, or the ratio in every layer"),
-}
+@register
+class Prune(Technique):
+    """Magnitude pruning: unstructured zeros, or structured removal of neurons and channels."""
+
+    name = "prune"
+    config_type = PruneConfig
+    rules = {
+        "ratio": Rule("float", minimum=0.0, maximum=1.0, max_exclusive=True,
+                      help="fraction of weights (unstructured) or hidden neurons/channels (structured) removed; "
+                           "0 skips pruning"),
+        "structure": Rule("str", default="unstructured", choices=STRUCTURES,
+                          help="unstructured: zero single weights (only the compressed size drops); structured: "
+                               "remove neurons and channels (smaller and faster)"),
+        "scope": Rule("str", default="global", choices=SCOPES,
+                      help="unstructured only: one magnitude threshold over all layers, or the ratio in every layer"),
+    }
+    conditions = {"scope": "structure is unstructured and ratio > 0"}
+    order = 30
+    student = True
+
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> PruneConfig | None:
+        dims = space.dims
+        structure = dims["structure"].suggest(trial, "prune.structure")
+        ratio = float(dims["ratio"].suggest(trial, "prune.ratio"))
+        if ratio <= 0:
+            return None
+        # Conditional: the scope exists only for unstructured pruning.
+        scope = dims["scope"].suggest(trial, "prune.scope") if structure == "unstructured" else "global"
+        return PruneConfig(ratio=ratio, structure=structure, scope=scope)
+
+    def apply_model(self, state: CompressionState, config: PruneConfig) -> None:
+        state.model = prune_model(state.model, config, state.notes)
+        if config.structure == "unstructured":
+            state.keep_zeros = True  # later fine-tuning keeps these zeros
 
 
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> PruneConfig | None:
-    structure = dims["structure"].suggest(trial, "prune.structure")
-    ratio = round(float(dims["ratio"].suggest(trial, "prune.ratio")), 6)
-    if ratio <= 0:
-        return None
-    # Conditional: the scope exists only for unstructured pruning.
-    scope = dims["scope"].suggest(trial, "prune.scope") if structure == "unstructured" else "global"
-    return PruneConfig(ratio=ratio, structure=structure, scope=scope)
-
-
-def apply(model: nn.Module, config: PruneConfig, ctx: Context | None = None) -> nn.Module:
+def prune_model(model: nn.Module, config: PruneConfig, notes: dict[str, dict] | None = None) -> nn.Module:
+    """A pruned copy of `model`; `notes` collects what structured pruning kept per layer."""
     model = copy.deepcopy(model)
     if config.structure == "unstructured":
         _prune_unstructured(model, config.ratio, config.scope)
     else:
-        notes = ctx.layer_notes if ctx is not None else {}
-        _prune_structured(model, config.ratio, notes)
+        _prune_structured(model, config.ratio, notes if notes is not None else {})
     return model
 
 
@@ -225,17 +241,17 @@ def _prune_structured(model: nn.Module, ratio: float, notes: dict[str, dict]) ->
             if isinstance(m, _NORM_MODULES) and m.affine and m.track_running_stats:
                 score = score * (m.weight.abs() / (m.running_var + m.eps).sqrt())
         kept = torch.sort(torch.topk(score, keep).indices).values
-        set_submodule(model, chain.producer, slice_layer(producer, rows=kept))
+        model.set_submodule(chain.producer, slice_layer(producer, rows=kept), strict=True)
         for name in chain.between:
             m = model.get_submodule(name)
             if isinstance(m, _NORM_MODULES):
-                set_submodule(model, name, _slice_norm(m, kept))
+                model.set_submodule(name, _slice_norm(m, kept), strict=True)
         cols = kept
         if chain.flatten:
             # Flattening (C, H, W) puts channel c at inputs c*H*W .. (c+1)*H*W - 1 of the Linear.
             spatial = consumer.in_features // n
             cols = (kept[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
-        set_submodule(model, chain.consumer, slice_layer(consumer, cols=cols))
+        model.set_submodule(chain.consumer, slice_layer(consumer, cols=cols), strict=True)
         notes.setdefault(chain.producer, {})["structured_kept"] = f"{keep}/{n}"
 
 
@@ -280,13 +296,3 @@ def _slice_norm(norm: nn.Module, kept: torch.Tensor) -> nn.Module:
         new.running_var.copy_(norm.running_var[kept])
         new.num_batches_tracked.copy_(norm.num_batches_tracked)
     return new.train(norm.training)  # a fresh module is in training mode; keep the model's mode
-
-
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-TECHNIQUE = Technique(name="prune", stage="torch", rules=RULES, sample=sample, apply=apply, doc=__doc__ or "",
-                      conditions={"scope": "structure is unstructured and ratio > 0"})

@@ -15,8 +15,8 @@ codebook + indices. Weights pruned to exactly zero stay zero (a pinned zero cent
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,84 +24,119 @@ import optuna
 import torch
 from torch import nn
 
-from hardware.lock import let_measurements_through
-from search import onnx_rewrite as rw
+from hardware.artifact import Artifact
 from search.errors import SpaceError, UserError
-from search.export import Artifact
-from search.layers import LayerInfo, discover_layers
-from search.params import Categorical, Dimension, Rule
-from search.recipe import TechniqueConfig, register_config
-from search.techniques.base import Context, Technique, task_or_teacher_loss
+from search.layers import carry_over
+from search.params import Categorical, Rule
+from search.techniques import graph as rw
+from search.techniques.base import (
+    CompressionState,
+    FrozenMap,
+    Technique,
+    TechniqueConfig,
+    TechniqueSpace,
+    layers_setting,
+)
+from search.techniques.registry import register
+from search.techniques.training import fine_tune, task_or_teacher_loss
 
 MAX_K = 256  # indices are stored in at most one byte
 KMEANS_ITERS = 30
 
 
-@register_config
 @dataclass(frozen=True)
 class ShareConfig(TechniqueConfig):
     type = "share"
-    layer_clusters: tuple[tuple[str, int], ...]
+    layer_clusters: FrozenMap[str, int]  # layer of the uncompressed model -> k
     finetune_epochs: int = 0
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        for layer, k in self.layer_clusters:
+        super().__post_init__()
+        for layer, k in self.layer_clusters.items():
             if not 2 <= k <= MAX_K:
                 raise ValueError(f"share: layer {layer!r} k must satisfy 2 <= k <= {MAX_K}, but got k={k}")
         if self.finetune_epochs < 0:
             raise ValueError(f"share: finetune_epochs must be >= 0, but got {self.finetune_epochs}")
 
     def summary(self) -> str:
-        ks = sorted({k for _, k in self.layer_clusters})
+        ks = sorted(set(self.layer_clusters.values()))
         k = f"k={ks[0]}" if len(ks) == 1 else f"k={ks[0]}..{ks[-1]}"
         ft = f" ft {self.finetune_epochs}ep" if self.finetune_epochs else ""
         return f"share {k} ({len(self.layer_clusters)} layers){ft}"
 
 
-RULES = {
-    "enabled": Rule("bool", default=True, help="whether sharing runs; k and finetune_epochs only when it does"),
-    "k": Rule("int", default=16, minimum=2, maximum=MAX_K, help="clusters (shared values) per layer"),
-    "per_layer": Rule("bool", default=False, searchable=False, help="search k for each layer, not one k for all"),
-    "finetune_epochs": Rule("int", default=0, minimum=0, maximum=1000, help="epochs fine-tuning the centroids"),
-}
-SETTINGS = {"layers": Rule("str", default="*", searchable=False,
-                           help="fnmatch pattern(s) of the layers that share weights")}
+@register
+class Share(Technique):
+    """k-means weight sharing per layer; fp32 layers are stored as a codebook plus packed indices."""
 
+    name = "share"
+    config_type = ShareConfig
+    rules = {
+        "enabled": Rule("bool", default=True, help="whether sharing runs; k and finetune_epochs only when it does"),
+        "k": Rule("int", default=16, minimum=2, maximum=MAX_K, help="clusters (shared values) per layer"),
+        "per_layer": Rule("bool", default=False, searchable=False, help="search k for each layer, not one k for all"),
+        "finetune_epochs": Rule("int", default=0, minimum=0, maximum=1000, help="epochs fine-tuning the centroids"),
+    }
+    settings = {"layers": layers_setting("fnmatch pattern(s) of the layers that share weights")}
+    conditions = {"k": "enabled is true", "finetune_epochs": "enabled is true"}
+    order = 50
+    # The codebook encoding runs after quantize: it stores only the layers quantize left fp32.
+    graph_order = 70
 
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> ShareConfig | None:
-    if not dims["enabled"].suggest(trial, "share.enabled"):
-        return None
-    # Conditional: k and the fine-tuning epochs exist only when sharing is on.
-    if dims["per_layer"].suggest(trial, "share.per_layer"):
-        clusters = tuple((layer.name, int(dims["k"].suggest(trial, f"share.k.{layer.name}"))) for layer in layers)
-    else:
-        k = int(dims["k"].suggest(trial, "share.k"))
-        clusters = tuple((layer.name, k) for layer in layers)
-    epochs = int(dims["finetune_epochs"].suggest(trial, "share.finetune_epochs"))
-    return ShareConfig(layer_clusters=clusters, finetune_epochs=epochs)
+    def check(self, file: str, key: str, space: TechniqueSpace) -> None:
+        """The largest k the space can pick must fit every matched layer."""
+        k_dim = space.dims["k"]
+        k_max = max(k_dim.choices) if isinstance(k_dim, Categorical) else k_dim.high
+        for layer in space.layers:
+            if k_max > layer.params:
+                raise SpaceError(file, f"{key}.k", f"must be <= the weight count of every shared layer "
+                                 f"({layer.name!r} has {layer.params})", k_max)
 
-
-def check(file: str, key: str, dims: dict[str, Dimension], layers: list[LayerInfo]) -> None:
-    """Space-time check: the largest k the space can pick must fit every matched layer."""
-    k_dim = dims["k"]
-    k_max = max(k_dim.choices) if isinstance(k_dim, Categorical) else k_dim.high
-    for layer in layers:
-        if k_max > layer.params:
-            raise SpaceError(file, f"{key}.k", f"must be <= the weight count of every shared layer "
-                             f"({layer.name!r} has {layer.params})", k_max)
-
-
-def resolve_layers(model: nn.Module, config: ShareConfig) -> list[tuple[str, int]]:
-    """(layer of `model`, k): a layer replaced by a container (factorize) shares inside it."""
-    names = [info.name for info in discover_layers(model)]
-    out = []
-    for layer, k in config.layer_clusters:
-        if layer in names:
-            out.append((layer, k))
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> ShareConfig | None:
+        dims = space.dims
+        if not dims["enabled"].suggest(trial, "share.enabled"):
+            return None
+        # Conditional: k and the fine-tuning epochs exist only when sharing is on.
+        if dims["per_layer"].suggest(trial, "share.per_layer"):
+            clusters = {layer.name: int(dims["k"].suggest(trial, f"share.k.{layer.name}")) for layer in space.layers}
         else:
-            out.extend((name, k) for name in names if name.startswith(layer + "."))
-    return out
+            k = int(dims["k"].suggest(trial, "share.k"))
+            clusters = {layer.name: k for layer in space.layers}
+        epochs = int(dims["finetune_epochs"].suggest(trial, "share.finetune_epochs"))
+        return ShareConfig(layer_clusters=clusters, finetune_epochs=epochs)
+
+    def apply_model(self, state: CompressionState, config: ShareConfig) -> None:
+        model = copy.deepcopy(state.model)
+        shared: dict[str, _Shared] = {}
+        for layer, k in carry_over(config.layer_clusters, model).items():  # a factorized layer shares inside it
+            weight = model.get_submodule(layer).weight
+            if k > weight.numel():
+                raise UserError(f"share: k={k} is larger than the {weight.numel()} weights of layer {layer!r}; "
+                                f"k must be <= the weight count")
+            shared[layer] = _Shared(weight, k, state.keep_zeros)
+            state.note(layer, clusters=k)
+        if config.finetune_epochs:
+            # Train only the centroids, through `weight = centroids[index]` (torch.func).
+            def forward(inputs: tuple) -> torch.Tensor:
+                weights = {f"{layer}.weight": s.weight() for layer, s in shared.items()}
+                return torch.func.functional_call(model, weights, inputs)
+
+            fine_tune(state, model, [s.centroids for s in shared.values()], epochs=config.finetune_epochs,
+                      lr=config.lr, loss=task_or_teacher_loss(state), forward=forward)
+        with torch.no_grad():
+            for layer, s in shared.items():
+                model.get_submodule(layer).weight.copy_(s.weight())
+        state.model = model.eval()
+
+    def apply_graph(self, state: CompressionState, config: ShareConfig) -> None:
+        assert state.artifact is not None
+        shared = carry_over(config.layer_clusters, state.model)
+        # Quantize wins on a layer it gave other bits: only fp32 layers store codebook + indices.
+        stored = {layer: k for layer, k in shared.items() if state.bits_of(layer) == "fp32"}
+        encode(state.artifact, stored)
+        for layer in shared:
+            state.note(layer, codebook=layer in stored)
 
 
 @torch.no_grad()
@@ -142,50 +177,14 @@ class _Shared:
         return flat.view(self.shape)
 
 
-def apply(model: nn.Module, config: ShareConfig, ctx: Context) -> nn.Module:
-    model = copy.deepcopy(model)
-    shared: dict[str, _Shared] = {}
-    for layer, k in resolve_layers(model, config):
-        weight = model.get_submodule(layer).weight
-        if k > weight.numel():
-            raise UserError(f"share: k={k} is larger than the {weight.numel()} weights of layer {layer!r}; "
-                            f"k must be <= the weight count")
-        shared[layer] = _Shared(weight, k, ctx.keep_zeros)
-        ctx.layer_notes.setdefault(layer, {})["clusters"] = k
-    if config.finetune_epochs:
-        _finetune(model, shared, config, ctx)
-    with torch.no_grad():
-        for layer, s in shared.items():
-            model.get_submodule(layer).weight.copy_(s.weight())
-    return model.eval()
-
-
-def _finetune(model: nn.Module, shared: dict[str, _Shared], config: ShareConfig, ctx: Context) -> None:
-    """Train only the centroids, through `weight = centroids[index]` (torch.func)."""
-    teacher = ctx.teacher.eval()
-    torch.manual_seed(ctx.seed)
-    opt = torch.optim.Adam([s.centroids for s in shared.values()], lr=config.lr)
-    model.train()
-    for _ in range(config.finetune_epochs):
-        for inputs, labels in ctx.task.train_batches():
-            let_measurements_through()
-            weights = {f"{layer}.weight": s.weight() for layer, s in shared.items()}
-            out = torch.func.functional_call(model, weights, inputs)
-            loss = task_or_teacher_loss(ctx, teacher, inputs, labels, out)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-
-
 def _index_bits(k: int) -> int:
     return next(b for b in (1, 2, 4, 8) if k <= 1 << b)
 
 
-def encode(artifact: Artifact, layers: list[tuple[str, int]], out_path: Path | None = None) -> Artifact:
-    """Store each listed layer's weight as codebook + packed indices (in place unless `out_path`)."""
+def encode(artifact: Artifact, layers: Mapping[str, int]) -> None:
+    """Store each listed layer's weight as codebook + packed indices, rewriting the artifact's file."""
     model = onnx.load(str(artifact.path))
-    for layer, k in layers:
+    for layer, k in layers.items():
         node_name = artifact.layer_nodes.get(layer)
         if node_name is None:
             raise UserError(f"share: layer {layer!r} has no node in the exported ONNX graph")
@@ -194,11 +193,4 @@ def encode(artifact: Artifact, layers: list[tuple[str, int]], out_path: Path | N
         if len(table) > k:
             raise RuntimeError(f"share: layer {layer!r} has {len(table)} distinct weights after clustering to k={k}")
         rw.replace_weight_codebook(model, node_name, codes.reshape(weight.shape), table, _index_bits(len(table)))
-    path = out_path or artifact.path
-    onnx.save(model, str(path))
-    return Artifact(path, dict(artifact.layer_nodes), dict(artifact.layers))
-
-
-TECHNIQUE = Technique(name="share", stage="torch", rules=RULES, settings=SETTINGS, sample=sample, apply=apply,
-                      doc=__doc__ or "", check=check,
-                      conditions={"k": "enabled is true", "finetune_epochs": "enabled is true"})
+    onnx.save(model, str(artifact.path))

@@ -29,14 +29,12 @@ import torch
 from torch import nn
 
 from search.errors import UserError
-from search.layers import LayerInfo
-from search.params import Dimension, Rule
-from search.recipe import TechniqueConfig, register_config
-from search.techniques.base import Context, Technique
+from search.params import Rule
+from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.prune import slice_layer
+from search.techniques.registry import register
 
 
-@register_config
 @dataclass(frozen=True)
 class TransformerPruneConfig(TechniqueConfig):
     type = "transformer_prune"
@@ -45,6 +43,7 @@ class TransformerPruneConfig(TechniqueConfig):
     keep_layers: int = 0  # 0 keeps every layer
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("ffn_ratio", "heads_ratio"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
@@ -63,22 +62,35 @@ class TransformerPruneConfig(TechniqueConfig):
         return "transformer_prune " + ", ".join(parts)
 
 
-RULES = {
-    "ffn_ratio": Rule("float", default=0.0, minimum=0.0, maximum=1.0, max_exclusive=True,
-                      help="fraction of FFN neurons removed in every layer"),
-    "heads_ratio": Rule("float", default=0.0, minimum=0.0, maximum=1.0, max_exclusive=True,
-                        help="fraction of attention heads removed in every layer"),
-    "keep_layers": Rule("int", default=0, minimum=0, maximum=128, help="encoder layers kept; 0 keeps all"),
-}
+@register
+class TransformerPrune(Technique):
+    """FFN neurons, attention heads and whole layers of a BERT-style encoder."""
 
+    name = "transformer_prune"
+    config_type = TransformerPruneConfig
+    rules = {
+        "ffn_ratio": Rule("float", default=0.0, minimum=0.0, maximum=1.0, max_exclusive=True,
+                          help="fraction of FFN neurons removed in every layer"),
+        "heads_ratio": Rule("float", default=0.0, minimum=0.0, maximum=1.0, max_exclusive=True,
+                            help="fraction of attention heads removed in every layer"),
+        "keep_layers": Rule("int", default=0, minimum=0, maximum=128, help="encoder layers kept; 0 keeps all"),
+    }
+    # Whole-structure cuts first: the per-matrix techniques then work on what is left.
+    order = 10
+    student = True
 
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo]) -> TransformerPruneConfig | None:
-    config = TransformerPruneConfig(
-        ffn_ratio=round(float(dims["ffn_ratio"].suggest(trial, "transformer_prune.ffn_ratio")), 6),
-        heads_ratio=round(float(dims["heads_ratio"].suggest(trial, "transformer_prune.heads_ratio")), 6),
-        keep_layers=int(dims["keep_layers"].suggest(trial, "transformer_prune.keep_layers")),
-    )
-    return None if config == TransformerPruneConfig() else config
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> TransformerPruneConfig | None:
+        dims = space.dims
+        config = TransformerPruneConfig(
+            ffn_ratio=float(dims["ffn_ratio"].suggest(trial, "transformer_prune.ffn_ratio")),
+            heads_ratio=float(dims["heads_ratio"].suggest(trial, "transformer_prune.heads_ratio")),
+            keep_layers=int(dims["keep_layers"].suggest(trial, "transformer_prune.keep_layers")),
+        )
+        return None if config == TransformerPruneConfig() else config
+
+    def apply_model(self, state: CompressionState, config: TransformerPruneConfig) -> None:
+        batch = state.task.train_batches()[0][0] if state.task is not None else None
+        state.model = prune_encoder(state.model, config, batch, state.notes)
 
 
 class SkipLayer(nn.Module):
@@ -98,17 +110,20 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
                     ".intermediate); this model has none: use `prune` instead")
 
 
-def apply(model: nn.Module, config: TransformerPruneConfig, ctx: Context | None = None) -> nn.Module:
+def prune_encoder(model: nn.Module, config: TransformerPruneConfig, inputs: tuple[torch.Tensor, ...] | None,
+                  notes: dict[str, dict] | None = None) -> nn.Module:
+    """A pruned copy of the encoder `model`. `inputs`: a training batch, to choose the layers to
+    remove (needed only with keep_layers); `notes` collects what was kept."""
     model = copy.deepcopy(model).eval()
     name, layers = encoder_layers(model)
-    notes = ctx.layer_notes if ctx is not None else {}
+    notes = notes if notes is not None else {}
     if config.keep_layers:
         if config.keep_layers > len(layers):
             raise UserError(f"transformer_prune: keep_layers={config.keep_layers}, but the encoder has only "
                             f"{len(layers)} layers")
-        if ctx is None:
+        if inputs is None:
             raise UserError("transformer_prune: keep_layers needs the task's training batches to choose layers")
-        _drop_layers(model, layers, config.keep_layers, ctx.task.train_batches()[0][0], name, notes)
+        _drop_layers(model, layers, config.keep_layers, inputs, name, notes)
     for i, layer in enumerate(layers):
         if isinstance(layer, SkipLayer):
             continue
@@ -173,6 +188,3 @@ def _prune_heads(layer: nn.Module, ratio: float) -> int:
     attn.all_head_size = int(len(rows))
     return int(len(heads))
 
-
-TECHNIQUE = Technique(name="transformer_prune", stage="torch", rules=RULES, sample=sample, apply=apply,
-                      doc=__doc__ or "")

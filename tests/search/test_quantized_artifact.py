@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from hardware.profiles import load_profile, make_backend
+from search.compress import build_artifact
 from search.recipe import Recipe
 from search.tasks.digits import DigitsTask
-from search.techniques.pipeline import build_artifact
 from search.techniques.prune import PruneConfig
 from search.techniques.quantize import QuantizeConfig
 

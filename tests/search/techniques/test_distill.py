@@ -14,10 +14,17 @@ from search.errors import UserError
 from search.export import export_onnx
 from search.params import Categorical, Range
 from search.tasks.digits import DigitsTask
-from search.techniques.base import Context
-from search.techniques.distill import RULES, DistillConfig, apply, fold_block, sample
+from search.techniques.base import CompressionState, TechniqueSpace
+from search.techniques.distill import Distill, DistillConfig, fold_block
 from search.techniques.macs import count_params_macs
 from search.techniques.prune import chains
+
+
+def apply(model: nn.Module, config: DistillConfig, state: CompressionState) -> nn.Module:
+    """The model-stage hook on `model`, with the task, teacher and notes of `state`."""
+    state.model = model
+    Distill().apply_model(state, config)
+    return state.model
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,7 @@ def test_folding_a_block_without_a_nonlinearity_is_exact() -> None:
 def test_shallower_student_is_smaller_and_distills_back(task: DigitsTask, tmp_path: Path) -> None:
     teacher = task.build_model()
     notes: dict[str, dict] = {}
-    ctx = Context(teacher=teacher, task=task, layer_notes=notes)
+    ctx = CompressionState(teacher, task=task, notes=notes)
     student = apply(teacher, DistillConfig(epochs=4, drop_blocks=1), ctx)
     linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 2  # 64-128-64-10 became 64-?-10
@@ -60,25 +67,25 @@ def test_shallower_student_is_smaller_and_distills_back(task: DigitsTask, tmp_pa
 
 
 def test_dropping_more_blocks_than_exist_is_a_clear_error(task: DigitsTask) -> None:
-    ctx = Context(teacher=task.build_model(), task=task)
+    ctx = CompressionState(task.build_model(), task=task)
     with pytest.raises(UserError, match=r"drop_blocks=3, but this model has only 2 hidden block\(s\)"):
         apply(task.build_model(), DistillConfig(epochs=1, drop_blocks=3), ctx)
     cnn = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     with pytest.raises(UserError, match="only 0 hidden block"):
-        apply(cnn, DistillConfig(epochs=1, drop_blocks=1), Context(teacher=cnn, task=task))
+        apply(cnn, DistillConfig(epochs=1, drop_blocks=1), CompressionState(cnn, task=task))
     with pytest.raises(ValueError, match="drop_blocks must be >= 0"):
         DistillConfig(epochs=1, drop_blocks=-1)
 
 
 def test_drop_blocks_is_searched_only_when_distillation_runs() -> None:
-    dims = {k: Categorical((r.default,)) for k, r in RULES.items() if r.default is not None}
+    dims = {k: Categorical((r.default,)) for k, r in Distill.rules.items() if r.default is not None}
     dims["epochs"] = Range(0, 3, integer=True)
     dims["drop_blocks"] = Range(0, 1, integer=True)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(12):
         trial = study.ask()
-        config = sample(trial, dims, [])
+        config = Distill().sample(trial, TechniqueSpace("distill", dims))
         if config is None:
             assert "distill.drop_blocks" not in trial.params
         else:
@@ -90,8 +97,8 @@ def test_drop_blocks_is_searched_only_when_distillation_runs() -> None:
 
 @pytest.mark.slow
 def test_shallower_student_composes_with_per_layer_quantization(task: DigitsTask, tmp_path: Path) -> None:
+    from search.compress import build_artifact
     from search.recipe import Recipe
-    from search.techniques.pipeline import build_artifact
     from search.techniques.quantize import QuantizeConfig
 
     # Bits were sampled for all three layers of the teacher; the folded-away layer simply drops out.

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from search.compress import build_artifact
 from search.errors import SpaceError, UserError
 from search.export import export_onnx
 from search.recipe import Recipe
 from search.space import load_space
 from search.tasks.digits import DigitsTask
-from search.techniques.base import Context
-from search.techniques.factorize import FactorizeConfig, LowRank, apply
+from search.techniques.factorize import FactorizeConfig, LowRank
+from search.techniques.factorize import factorize_model as apply
 from search.techniques.macs import count_params_macs
-from search.techniques.pipeline import build_artifact
 from search.techniques.quantize import QuantizeConfig
 
 
@@ -49,8 +49,7 @@ def test_exact_rank_factorization_reproduces_linear_and_conv_outputs() -> None:
     low_rank_(model[4], 5)
     x = torch.randn(4, 192)
     notes: dict[str, dict] = {}
-    ctx = Context(teacher=model, task=None, layer_notes=notes)  # type: ignore[arg-type]
-    factored = apply(model, FactorizeConfig(layers=("1", "4"), energy=0.999999), ctx)
+    factored = apply(model, FactorizeConfig(layers=("1", "4"), energy=0.999999), notes, model)
     assert isinstance(factored[1], LowRank) and isinstance(factored[4], LowRank)
     # Conv: k x k conv to the rank (stride and padding kept) then a 1x1 conv back out.
     assert factored[1][0].weight.shape == (3, 3, 3, 3) and factored[1][0].stride == (2, 2)
@@ -81,8 +80,8 @@ def test_factorized_mlp_artifact_is_smaller_and_accurate(task: DigitsTask, tmp_p
 
 def test_layers_where_the_rank_saves_nothing_are_skipped_and_recorded(task: DigitsTask) -> None:
     notes: dict[str, dict] = {}
-    ctx = Context(teacher=task.build_model(), task=task, layer_notes=notes)
-    out = apply(task.build_model(), FactorizeConfig(layers=("net.0", "net.4"), rank_ratio=1.0), ctx)
+    out = apply(task.build_model(), FactorizeConfig(layers=("net.0", "net.4"), rank_ratio=1.0), notes,
+                task.build_model())
     assert isinstance(out.net[0], nn.Linear) and isinstance(out.net[4], nn.Linear)
     assert notes["net.0"]["factorize"].startswith("skipped: rank 64 of 64 saves no parameters")
     assert notes["net.4"]["factorize"].startswith("skipped")

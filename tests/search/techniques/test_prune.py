@@ -15,9 +15,10 @@ from search.export import export_onnx
 from search.space import load_space
 from search.tasks.digits import DigitsTask
 from search.techniques.factorize import FactorizeConfig
-from search.techniques.factorize import apply as factorize
+from search.techniques.factorize import factorize_model as factorize
 from search.techniques.macs import count_params_macs
-from search.techniques.prune import PruneConfig, apply, chains
+from search.techniques.prune import PruneConfig, chains
+from search.techniques.prune import prune_model as apply
 
 
 @pytest.fixture(scope="module")

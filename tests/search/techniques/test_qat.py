@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
+from search.compress import build_artifact
 from search.errors import UserError
 from search.export import export_onnx
 from search.recipe import Recipe
 from search.tasks.digits import DigitsTask
-from search.techniques import qat
-from search.techniques.base import Context
-from search.techniques.pipeline import build_artifact
+from search.techniques.base import CompressionState
 from search.techniques.prune import PruneConfig
-from search.techniques.quantize import QuantizeConfig, apply
+from search.techniques.quantize import QuantizeConfig, qat
+from search.techniques.quantize import quantize_onnx as apply
 
 LAYERS = ("net.0", "net.2", "net.4")
 
@@ -59,7 +59,7 @@ def assert_deployed_matches(got: np.ndarray, expected: np.ndarray) -> None:
 def test_deployed_artifact_matches_the_fake_quant_model(bits, task: DigitsTask, tmp_path: Path) -> None:
     config = QuantizeConfig(layer_bits=tuple(zip(LAYERS, bits, strict=True)), mode="qat", qat_epochs=1)
     model = task.build_model()
-    trained = qat.finetune(model, config, Context(teacher=model, task=task))
+    trained = qat.finetune(CompressionState(model, task=task), config)
     artifact, learned = deploy(task, trained, config, tmp_path)
     session = ort_session(artifact.path)
     x = task.query_feeds(400)["x"]
@@ -84,7 +84,7 @@ def test_qat_learns_scales_and_recovers_binary_quality(task: DigitsTask, tmp_pat
                        output_names=task.output_names)
     ptq_artifact = apply(fp32, ptq, task.calibration_feeds(), tmp_path / "ptq.onnx")
     config = QuantizeConfig(layer_bits=ptq.layer_bits, mode="qat", qat_epochs=4)
-    trained = qat.finetune(model, config, Context(teacher=model, task=task))
+    trained = qat.finetune(CompressionState(model, task=task), config)
     (tmp_path / "q").mkdir()
     qat_artifact, _ = deploy(task, trained, config, tmp_path / "q")
 
@@ -99,9 +99,9 @@ def test_qat_learns_scales_and_recovers_binary_quality(task: DigitsTask, tmp_pat
 def test_int8_scales_move_during_training(task: DigitsTask) -> None:
     model = task.build_model()
     config = QuantizeConfig(layer_bits=(("net.0", "int8"),), mode="qat", qat_epochs=1)
-    ctx = Context(teacher=model, task=task)
+    ctx = CompressionState(model, task=task)
     before = qat.wrap(model, config, ctx).wrapped["net.0"].scales()
-    after = qat.finetune(model, config, ctx).wrapped["net.0"].scales()
+    after = qat.finetune(ctx, config).wrapped["net.0"].scales()
     assert not torch.allclose(before[1], after[1])  # weight scales were learned, not frozen
 
 
@@ -120,7 +120,7 @@ def test_qat_on_a_conv_layer_is_a_clear_error(task: DigitsTask) -> None:
     model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(144, 10))
     config = QuantizeConfig(layer_bits=(("1", "int8"),), mode="qat", qat_epochs=1)
     with pytest.raises(UserError, match="QAT handles Linear layers; layer '1' is Conv2d"):
-        qat.finetune(model, config, Context(teacher=model, task=task))
+        qat.finetune(CompressionState(model, task=task), config)
 
 
 class SequenceModel(nn.Module):
@@ -158,7 +158,7 @@ def test_qat_on_matmul_layers_deploys_what_it_trained(bits, tmp_path: Path) -> N
     torch.manual_seed(0)
     model, task = SequenceModel().eval(), SequenceTask()
     config = QuantizeConfig(layer_bits=tuple(zip("ab", bits, strict=True)), mode="qat", qat_epochs=1)
-    trained = qat.finetune(model, config, Context(teacher=model, task=task))  # type: ignore[arg-type]
+    trained = qat.finetune(CompressionState(model, task=task), config)  # type: ignore[arg-type]
     plain, learned = trained.export_ready()
     fp32 = export_onnx(plain, (task.x[:1],), ["x"], tmp_path / "fp32.onnx")
     assert all(node.startswith("node_MatMul") for node in fp32.layer_nodes.values())

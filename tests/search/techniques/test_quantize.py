@@ -13,20 +13,20 @@ from onnx import numpy_helper
 from torch import nn
 
 from hardware.profiles import load_profile, make_backend
-from search import onnx_rewrite as rw
 from search.errors import SpaceError, UserError
 from search.export import Artifact, export_onnx
 from search.space import load_space
 from search.tasks.digits import DigitsTask
+from search.techniques import graph as rw
 from search.techniques.quantize import (
     BITS,
+    Quantize,
     QuantizeConfig,
-    apply,
     int4_dequant,
     lowbit_codes,
     lowbit_dequant,
-    sample,
 )
+from search.techniques.quantize import quantize_onnx as apply
 
 LAYERS = ("net.0", "net.2", "net.4")
 
@@ -181,7 +181,7 @@ def test_qat_epochs_is_sampled_only_under_qat(tmp_path: Path) -> None:
     seen = set()
     for _ in range(12):
         trial = study.ask()
-        config = sample(trial, tech.dims, layers)
+        config = Quantize().sample(trial, tech)
         seen.add(config.mode)
         assert ("quantize.qat_epochs" in trial.params) == (config.mode == "qat")
         assert config.mode == "qat" or config.qat_epochs == 0

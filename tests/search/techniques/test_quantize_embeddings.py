@@ -15,10 +15,11 @@ from torch import nn
 
 from search.errors import SpaceError, UserError
 from search.export import Artifact, export_onnx
-from search.onnx_gather import block_dequantize, block_quantize
 from search.space import load_space
 from search.tasks.digits import DigitsTask
-from search.techniques.quantize import QuantizeConfig, apply, sample
+from search.techniques.quantize import Quantize, QuantizeConfig
+from search.techniques.quantize import quantize_onnx as apply
+from search.techniques.quantize.embeddings import block_dequantize, block_quantize
 
 LAYERS = ("net.0", "net.2", "net.4")
 
@@ -136,14 +137,13 @@ def test_activation_and_block_knobs_are_sampled_only_where_they_apply(tmp_path: 
                                              "    calibration: [minmax, percentile]\n"
                                              "    block_size: [32, 64]\n"), tmp_path / "c")
     tech = space.techniques[0]
-    layers = space.technique_layers(tech)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
     for _ in range(30):
         trial = study.ask()
-        config = sample(trial, tech.dims, layers)
+        config = Quantize().sample(trial, tech)
         if config is not None:
-            bits = {b for _, b in config.layer_bits}
+            bits = set(config.layer_bits.values())
             assert ("quantize.activations" in trial.params) == ("int8" in bits)
             assert ("quantize.calibration" in trial.params) == ("int8" in bits and config.activations == "static")
             assert ("quantize.block_size" in trial.params) == ("int4" in bits)

@@ -13,18 +13,24 @@ import torch
 from onnx import numpy_helper
 
 from hardware.profiles import load_profile, make_backend
+from search.compress import build_artifact
 from search.errors import SpaceError, UserError
 from search.recipe import Recipe
 from search.space import load_space
 from search.tasks.digits import DigitsTask
-from search.techniques.base import Context
-from search.techniques.pipeline import build_artifact
-from search.techniques.prune import PruneConfig
-from search.techniques.prune import apply as prune_apply
+from search.techniques.base import CompressionState
+from search.techniques.prune import PruneConfig, prune_model
 from search.techniques.quantize import QuantizeConfig
-from search.techniques.share import ShareConfig, apply, kmeans_1d, sample
+from search.techniques.share import Share, ShareConfig, kmeans_1d
 
 LAYERS = ("net.0", "net.2", "net.4")
+
+
+def apply(model: torch.nn.Module, config: ShareConfig, state: CompressionState) -> torch.nn.Module:
+    """The model-stage hook on `model`, with the task, teacher and settings of `state`."""
+    state.model = model
+    Share().apply_model(state, config)
+    return state.model
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +87,7 @@ def test_shared_layers_store_codebook_and_packed_indices(task, backend, baseline
 
 def test_finetuning_moves_centroids_and_lowers_the_training_loss(task: DigitsTask) -> None:
     model = task.build_model()
-    ctx = Context(teacher=model, task=task)
+    ctx = CompressionState(model, task=task)
     plain, tuned = apply(model, share_all(4), ctx), apply(model, share_all(4, epochs=2), ctx)
 
     def train_loss(m) -> float:
@@ -110,8 +116,8 @@ def test_quantize_wins_on_a_layer_both_touch(task, backend, tmp_path: Path) -> N
 
 def test_pruned_zeros_stay_zero(task: DigitsTask) -> None:
     model = task.build_model()
-    ctx = Context(teacher=model, task=task, keep_zeros=True)
-    pruned = prune_apply(model, PruneConfig(ratio=0.6, structure="unstructured"), ctx)
+    ctx = CompressionState(model, task=task, keep_zeros=True)
+    pruned = prune_model(model, PruneConfig(ratio=0.6, structure="unstructured"))
     zeros = {layer: pruned.get_submodule(layer).weight == 0 for layer in LAYERS}
     shared = apply(pruned, share_all(8, epochs=1), ctx)
     for layer in LAYERS:
@@ -123,7 +129,7 @@ def test_pruned_zeros_stay_zero(task: DigitsTask) -> None:
 def test_k_larger_than_the_weight_count_is_a_clear_error(task: DigitsTask, tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(UserError, match=r"k=16 is larger than the 6 weights of layer '0'"):
-        apply(model, ShareConfig(layer_clusters=(("0", 16),)), Context(teacher=model, task=task))
+        apply(model, ShareConfig(layer_clusters=(("0", 16),)), CompressionState(model, task=task))
     with pytest.raises(ValueError, match="2 <= k <= 256"):
         ShareConfig(layer_clusters=(("0", 1),))
     space = tmp_path / "s.yaml"
@@ -144,7 +150,7 @@ def test_k_is_sampled_only_when_sharing_is_on(tmp_path: Path) -> None:
     seen = set()
     for _ in range(10):
         trial = study.ask()
-        config = sample(trial, tech.dims, loaded.technique_layers(tech))
+        config = Share().sample(trial, tech)
         seen.add(config is not None)
         k_params = [p for p in trial.params if p.startswith("share.k.")]
         assert len(k_params) == (3 if config is not None else 0)

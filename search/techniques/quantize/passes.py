@@ -1,4 +1,4 @@
-"""Per-layer quantization of the exported ONNX graph: fp32, fp16, int8, int4, int2 or binary.
+"""The ONNX passes of quantization: each layer to fp32, fp16, int8, int4, int2 or binary in one artifact.
 
 Each discovered layer (matching the space's `layers` patterns) gets a searched bit-width, and
 one artifact holds them all. Passes run in this order, each on the nodes it owns by name:
@@ -21,7 +21,7 @@ one artifact holds them all. Passes run in this order, each on the nodes it owns
 
 Embedding tables (a Gather on a constant 2-D table: word and position embeddings) take
 `embedding_bits` (int8, int4, int2) through GatherBlockQuantized, blocks of `block_size`
-(see `search.onnx_gather`): in a transformer the word embeddings are half the parameters.
+(see `embeddings.py`): in a transformer the word embeddings are half the parameters.
 
 The backend then records the op each layer's node really ran as (QGemm, MatMulNBits, Gemm...).
 """
@@ -32,162 +32,20 @@ import contextlib
 import io
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnx
-import optuna
 
-from search import onnx_rewrite as rw
-from search.errors import SpaceError, UserError
-from search.export import Artifact
-from search.layers import LayerInfo, match_layers
-from search.onnx_gather import MIN_ROWS, quantize_embeddings
-from search.params import Categorical, Dimension, Range, Rule
-from search.recipe import TechniqueConfig, register_config
-from search.techniques.base import Technique
+from hardware.artifact import Artifact
+from search.errors import UserError
+from search.techniques import graph as rw
+from search.techniques.quantize.config import INT4_BLOCK, SIMULATED_BITS, QuantizeConfig, layers_with
+from search.techniques.quantize.embeddings import MIN_ROWS, quantize_embeddings
 
-BITS = ("fp32", "fp16", "int8", "int4", "int2", "binary")
-SIMULATED_BITS = ("int2", "binary")  # no runtime kernel: stored small, computed in fp32
-CALIBRATIONS = ("minmax", "entropy", "percentile")
-MODES = ("ptq", "qat")
-ACTIVATIONS = ("static", "dynamic")
-EMBEDDING_BITS = ("fp32", "int8", "int4", "int2")
-INT4_BLOCK = 32  # default block along K (MatMulNBits) / along the row (embeddings); small layers need small blocks
 _LEVELS = {"int2": np.array([-1.5, -0.5, 0.5, 1.5], np.float32), "binary": np.array([-1.0, 1.0], np.float32)}
 _CODE_BITS = {"int2": 2, "binary": 1}
-
-
-@register_config
-@dataclass(frozen=True)
-class QuantizeConfig(TechniqueConfig):
-    type = "quantize"
-    layer_bits: tuple[tuple[str, str], ...]
-    calibration: str = "minmax"
-    per_channel: bool = True
-    mode: str = "ptq"
-    qat_epochs: int = 0
-    activations: str = "static"
-    embedding_bits: str = "fp32"
-    block_size: int = INT4_BLOCK
-
-    def __post_init__(self) -> None:
-        for layer, bits in self.layer_bits:
-            if bits not in BITS:
-                raise ValueError(f"quantize: layer {layer!r} bits must be one of {BITS}, but got {bits!r}")
-        if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"quantize: calibration must be one of {CALIBRATIONS}, but got {self.calibration!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"quantize: mode must be one of {MODES}, but got {self.mode!r}")
-        if self.activations not in ACTIVATIONS:
-            raise ValueError(f"quantize: activations must be one of {ACTIVATIONS}, but got {self.activations!r}")
-        if self.embedding_bits not in EMBEDDING_BITS:
-            raise ValueError(f"quantize: embedding_bits must be one of {EMBEDDING_BITS}, "
-                             f"but got {self.embedding_bits!r}")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise ValueError(f"quantize: block_size must be a power of 2 >= 16, but got {self.block_size}")
-        if self.mode == "qat" and self.qat_epochs < 1:
-            raise ValueError(f"quantize: mode 'qat' needs qat_epochs >= 1, but got qat_epochs={self.qat_epochs}")
-
-    def bits_of(self, layer: str) -> str:
-        return dict(self.layer_bits).get(layer, "fp32")
-
-    def layers_with(self, *bits: str) -> list[str]:
-        return [layer for layer, b in self.layer_bits if b in bits]
-
-    def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for _, bits in self.layer_bits:
-            counts[bits] = counts.get(bits, 0) + 1
-        per = "/".join(bits for _, bits in self.layer_bits) if len(self.layer_bits) <= 4 else ", ".join(
-            f"{n} {b}" for b, n in sorted(counts.items()))
-        if self.mode == "qat":
-            how = f" qat {self.qat_epochs}ep"
-        elif "int8" in counts and self.activations == "dynamic":
-            how = " int8 dynamic"
-        elif "int8" in counts:
-            how = f" {self.calibration}{' per-channel' if self.per_channel else ''}"
-        else:
-            how = ""
-        if self.embedding_bits != "fp32":
-            how += f" + embeddings {self.embedding_bits}"
-        if "int4" in counts or self.embedding_bits != "fp32":
-            how += f" b{self.block_size}"
-        return f"quantize [{per}]{how}"
-
-
-RULES = {
-    "bits": Rule("str", default=list(BITS), choices=BITS, help="bit-widths each layer may take"),
-    "calibration": Rule("str", default="minmax", choices=CALIBRATIONS, help="int8 PTQ range method"),
-    "per_channel": Rule("bool", default=True, help="int8 PTQ weight scales per output channel"),
-    "mode": Rule("str", default="ptq", choices=MODES, help="post-training or quantization-aware training"),
-    "qat_epochs": Rule("int", default=2, minimum=1, maximum=1000, help="fine-tuning epochs; only when mode is qat"),
-    "activations": Rule("str", default="static", choices=ACTIVATIONS,
-                        help="int8 PTQ activation ranges: calibrated once (static) or per batch at run time (dynamic)"),
-    "embedding_bits": Rule("str", default="fp32", choices=EMBEDDING_BITS,
-                           help="bit-width of the embedding tables (Gather on a constant 2-D table)"),
-    "block_size": Rule("int", default=INT4_BLOCK, minimum=16, maximum=1024,
-                       help="values per scale for int4 (MatMulNBits) and quantized embeddings: a power of 2"),
-}
-SETTINGS = {"layers": Rule("str", default="*", searchable=False,
-                           help="fnmatch pattern(s) of layers whose bit-width is searched; others stay fp32"),
-            "groups": Rule("str", default=None, searchable=False,
-                           help="{name: pattern(s)}: the layers of a group share one searched bit-width")}
-
-
-def sample(trial: optuna.Trial, dims: dict[str, Dimension], layers: list[LayerInfo],
-           groups: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> QuantizeConfig | None:
-    chosen: dict[str, str] = {}  # group -> its bit-width, sampled once
-
-    def bits_for(layer: LayerInfo) -> str:
-        # A layer in a group takes the group's bit-width (first matching group wins); others their own.
-        group = next((g for g, patterns in groups if match_layers([layer], patterns)), None)
-        if group is None:
-            return dims["bits"].suggest(trial, f"quantize.bits.{layer.name}")
-        if group not in chosen:
-            chosen[group] = dims["bits"].suggest(trial, f"quantize.bits.group.{group}")
-        return chosen[group]
-
-    layer_bits = tuple((layer.name, bits_for(layer)) for layer in layers)
-    embedding_bits = dims["embedding_bits"].suggest(trial, "quantize.embedding_bits")
-    if embedding_bits == "fp32" and all(bits == "fp32" for _, bits in layer_bits):
-        return None
-    mode = dims["mode"].suggest(trial, "quantize.mode")
-    # Conditional: qat_epochs exists only under QAT; calibration settings only for int8 PTQ.
-    qat_epochs = int(dims["qat_epochs"].suggest(trial, "quantize.qat_epochs")) if mode == "qat" else 0
-    calibration, per_channel, activations = "minmax", True, "static"
-    if mode == "ptq" and any(bits == "int8" for _, bits in layer_bits):
-        activations = dims["activations"].suggest(trial, "quantize.activations")
-        per_channel = dims["per_channel"].suggest(trial, "quantize.per_channel")
-        if activations == "static":  # a dynamic range needs no calibration method
-            calibration = dims["calibration"].suggest(trial, "quantize.calibration")
-    block_size = INT4_BLOCK
-    if embedding_bits != "fp32" or any(bits == "int4" for _, bits in layer_bits):
-        block_size = int(dims["block_size"].suggest(trial, "quantize.block_size"))
-    return QuantizeConfig(layer_bits=layer_bits, calibration=calibration, per_channel=per_channel, mode=mode,
-                          qat_epochs=qat_epochs, activations=activations, embedding_bits=embedding_bits,
-                          block_size=block_size)
-
-
-def check(file: str, key: str, dims: dict[str, Dimension], layers: list[LayerInfo]) -> None:
-    """Space-time checks: block sizes are powers of 2; int4 (MatMulNBits) and QAT take Linear layers only."""
-    blocks = dims["block_size"]
-    if isinstance(blocks, Range):
-        raise SpaceError(file, f"{key}.block_size", "takes a value or a list of powers of 2, not a range",
-                         f"{blocks.low}..{blocks.high}")
-    for value in blocks.choices:
-        if int(value) & (int(value) - 1):
-            raise SpaceError(file, f"{key}.block_size", "must be a power of 2 (16, 32, 64, 128, ...)", value)
-    convs = [layer.name for layer in layers if layer.kind != "linear"]
-    if not convs:
-        return
-    bits, mode = dims["bits"], dims["mode"]
-    for name, dim, value in (("bits", bits, "int4"), ("mode", mode, "qat")):
-        if isinstance(dim, Categorical) and value in dim.choices:
-            raise SpaceError(file, f"{key}.{name}", f"{value!r} handles Linear layers only, and layer {convs[0]!r} "
-                             f"is a {dict((la.name, la.kind) for la in layers)[convs[0]]}: drop {value!r} or narrow "
-                             f"{key}.layers to Linear layers", list(dim.choices))
 
 
 # --- numeric helpers shared with QAT (the forward pass must see exactly what is deployed) ---
@@ -334,16 +192,21 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.Mo
     return model, _renamed_nodes(model, nodes, "MatMulNBits", "_Q4", "int4")
 
 
-def apply(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]],
-          out_path: Path, learned: dict[str, dict] | None = None) -> Artifact:
-    """Quantize `artifact` per `config` into `out_path`. `learned` holds QAT's int8 scales by layer."""
-    wanted = [layer for layer, bits in config.layer_bits if bits != "fp32"]
+def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]],
+                  out_path: Path, learned: dict[str, dict] | None = None,
+                  bits: Mapping[str, str] | None = None) -> Artifact:
+    """Quantize `artifact` per `config` into `out_path` (which may be its own path).
+
+    `bits`: the bit-width of each layer of the exported model (default: the config's own, for an
+    uncompressed model); `learned`: QAT's int8 parameters by layer."""
+    bits = config.layer_bits if bits is None else bits
+    wanted = [layer for layer, b in bits.items() if b != "fp32"]
     missing = [layer for layer in wanted if layer not in artifact.layer_nodes]
     if missing:
         raise UserError(f"quantize: layers {missing} have no node in the exported ONNX graph")
     node_of = artifact.layer_nodes
     layer_nodes = dict(node_of)
-    int8 = config.layers_with("int8")
+    int8 = layers_with(bits, "int8")
     if int8 and learned is None and config.activations == "dynamic":
         model, renamed = _int8_dynamic(onnx.load(str(artifact.path)), [node_of[layer] for layer in int8], config)
         layer_nodes.update({layer: renamed[node_of[layer]] for layer in int8})
@@ -355,29 +218,21 @@ def apply(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[di
             if layer not in (learned or {}):
                 raise RuntimeError(f"quantize: QAT learned no scales for int8 layer {layer!r}")
             rw.qdq_linear(model, node_of[layer], **learned[layer])
-    int4 = config.layers_with("int4")
+    int4 = layers_with(bits, "int4")
     if int4:
         model, renamed = _int4(model, [node_of[layer] for layer in int4], config.block_size)
         layer_nodes.update({layer: renamed[node_of[layer]] for layer in int4})
     if config.embedding_bits != "fp32":
-        bits = {"int8": 8, "int4": 4, "int2": 2}[config.embedding_bits]
-        if not quantize_embeddings(model, bits, config.block_size):
+        width = {"int8": 8, "int4": 4, "int2": 2}[config.embedding_bits]
+        if not quantize_embeddings(model, width, config.block_size):
             raise UserError(f"quantize: embedding_bits is {config.embedding_bits!r}, but the model has no embedding "
                             f"table (a Gather on a constant 2-D table of >= {MIN_ROWS} rows); use fp32")
-    for layer in config.layers_with("fp16"):
+    for layer in layers_with(bits, "fp16"):
         rw.to_fp16(model, node_of[layer])
-    for layer in config.layers_with(*SIMULATED_BITS):
-        bits = config.bits_of(layer)
+    for layer in layers_with(bits, *SIMULATED_BITS):
         _, weight, axis = rw.weighted_node(model, node_of[layer])
-        codes, levels, scales = lowbit_codes(weight, bits, axis)
-        rw.replace_weight_scaled(model, node_of[layer], codes, levels, scales, _CODE_BITS[bits], axis)
+        codes, levels, scales = lowbit_codes(weight, bits[layer], axis)
+        rw.replace_weight_scaled(model, node_of[layer], codes, levels, scales, _CODE_BITS[bits[layer]], axis)
     onnx.save(model, str(out_path))
-    return Artifact(out_path, layer_nodes, dict(artifact.layers))
+    return Artifact(out_path, layer_nodes, dict(artifact.layers), dict(artifact.stats), artifact.program)
 
-
-CONDITIONS = {"qat_epochs": "mode is qat", "calibration": "mode is ptq, activations static and a layer is int8",
-              "per_channel": "mode is ptq and a layer is int8", "activations": "mode is ptq and a layer is int8",
-              "mode": "a layer or the embeddings are not fp32",
-              "block_size": "a layer is int4 or the embeddings are not fp32"}
-TECHNIQUE = Technique(name="quantize", stage="onnx", rules=RULES, settings=SETTINGS, sample=sample,
-                      apply=apply, doc=__doc__ or "", check=check, conditions=CONDITIONS)

@@ -1,4 +1,4 @@
-"""Graph surgery on exported ONNX models, by node name.
+"""Graph surgery on exported ONNX models, by node name: what the ONNX-stage techniques share.
 
 Every rewrite keeps the layer's compute node under its original name (the backend finds the
 kernel a layer ran on by that name), and works in place on a `ModelProto`:

@@ -7,7 +7,7 @@ rounding, and the artifact is written from what was learned:
   int8    input and output activations (uint8, per tensor) and weights (int8, symmetric, per
           output channel) with learned scales (LSQ-style: the scale is a parameter), bias on
           the int32 grid (Gemm) or a float bias after the output Q/DQ (MatMul, rank > 2 inputs).
-          The exporter writes explicit Q/DQ with exactly these scales (`onnx_rewrite.qdq_linear`).
+          The exporter writes explicit Q/DQ with exactly these scales (`graph.qdq_linear`).
   int4    the forward pass uses the weights ONNX Runtime's own MatMulNBits quantizer makes
           of the current weights, so the exported int4 layer computes what training saw.
   int2,   the same per-channel codes and scales the quantize pass stores.
@@ -20,16 +20,18 @@ QAT wraps Linear layers; a Conv layer with a bit-width under QAT is a clear erro
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from hardware.lock import let_measurements_through
 from search.errors import UserError
-from search.techniques.base import Context, task_or_teacher_loss
-from search.techniques.quantize import INT4_BLOCK, QuantizeConfig, int4_dequant, lowbit_dequant
+from search.techniques.base import CompressionState
+from search.techniques.quantize.config import INT4_BLOCK, QuantizeConfig, layers_with
+from search.techniques.quantize.passes import int4_dequant, lowbit_dequant
+from search.techniques.training import fine_tune, task_or_teacher_loss
 
 LR = 5e-4
 
@@ -122,19 +124,13 @@ class QatModel:
         """A plain copy of the model for export, and the learned int8 parameters per layer."""
         plain = copy.deepcopy(self.model)
         for name, wrapper in self.wrapped.items():
-            _set_submodule(plain, name, copy.deepcopy(wrapper.linear))
+            plain.set_submodule(name, copy.deepcopy(wrapper.linear), strict=True)
         learned = {name: w.learned() for name, w in self.wrapped.items() if w.bits == "int8"}
         return plain.eval(), learned
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 @torch.no_grad()
-def _ranges(model: nn.Module, layers: list[str], ctx: Context) -> dict[str, tuple]:
+def _ranges(model: nn.Module, layers: list[str], state: CompressionState) -> dict[str, tuple]:
     """Min/max of each layer's input and output over the calibration split (the initial scales),
     and whether its input has rank > 2 (the exporter's MatMul form)."""
     ranges: dict[str, list[float]] = {name: [np.inf, -np.inf, np.inf, -np.inf, 2] for name in layers}
@@ -148,54 +144,41 @@ def _ranges(model: nn.Module, layers: list[str], ctx: Context) -> dict[str, tupl
                 min(r[2], float(output.min())), max(r[3], float(output.max())), x.dim()
         hooks.append(model.get_submodule(name).register_forward_hook(hook))
     try:
-        for feeds in ctx.task.calibration_feeds():
-            model(*(torch.from_numpy(feeds[n]) for n in ctx.task.input_names))
+        for feeds in state.task.calibration_feeds():
+            model(*(torch.from_numpy(feeds[n]) for n in state.task.input_names))
     finally:
         for h in hooks:
             h.remove()
     return {name: ((r[0], r[1]), (r[2], r[3]), r[4] > 2) for name, r in ranges.items()}
 
 
-def wrap(model: nn.Module, config: QuantizeConfig, ctx: Context) -> QatModel:
-    """A copy of `model` with each quantized Linear wrapped in its fake-quant module."""
+def wrap(model: nn.Module, config: QuantizeConfig, state: CompressionState,
+         bits: Mapping[str, str] | None = None) -> QatModel:
+    """A copy of `model` with each quantized Linear wrapped in its fake-quant module.
+
+    `bits`: the bit-width of each layer of `model` (default: the config's own)."""
+    bits = config.layer_bits if bits is None else bits
     model = copy.deepcopy(model).eval()
-    layers = [layer for layer, bits in config.layer_bits if bits != "fp32"]
+    layers = [layer for layer, b in bits.items() if b != "fp32"]
     for name in layers:
         if not isinstance(model.get_submodule(name), nn.Linear):
             raise UserError(f"quantize: QAT handles Linear layers; layer {name!r} is "
                             f"{type(model.get_submodule(name)).__name__} (use mode: ptq for it)")
-    ranges = _ranges(model, config.layers_with("int8"), ctx)
+    ranges = _ranges(model, layers_with(bits, "int8"), state)
     wrapped = {}
     for name in layers:
-        wrapper = FakeQuantLinear(model.get_submodule(name), config.bits_of(name),
+        wrapper = FakeQuantLinear(model.get_submodule(name), bits[name],
                                   *ranges.get(name, ((0.0, 1.0), (0.0, 1.0), False)), block=config.block_size)
-        _set_submodule(model, name, wrapper)
+        model.set_submodule(name, wrapper, strict=True)
         wrapped[name] = wrapper
     return QatModel(model, wrapped)
 
 
-def finetune(model: nn.Module, config: QuantizeConfig, ctx: Context) -> QatModel:
-    """Fine-tune `model` for `config.qat_epochs` epochs through the fake quantization."""
-    qat = wrap(model, config, ctx)
-    net, teacher = qat.model, ctx.teacher.eval()
-    torch.manual_seed(ctx.seed)
+def finetune(state: CompressionState, config: QuantizeConfig, bits: Mapping[str, str] | None = None) -> QatModel:
+    """`state.model` fine-tuned for `config.qat_epochs` epochs through the fake quantization."""
+    qat = wrap(state.model, config, state, bits)
     # Only the quantized layers (and their scales) train: fp32 layers keep what earlier steps
     # made of them (shared values, for one).
-    opt = torch.optim.Adam([p for w in qat.wrapped.values() for p in w.parameters()], lr=LR)
-    # Weights pruned to exactly zero stay zero, as in distillation.
-    masks = {n: p != 0 for n, p in net.named_parameters() if ctx.keep_zeros and p.dim() > 1}
-    net.train()
-    for _ in range(config.qat_epochs):
-        for inputs, labels in ctx.task.train_batches():
-            let_measurements_through()
-            loss = task_or_teacher_loss(ctx, teacher, inputs, labels, net(*inputs))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if masks:
-                with torch.no_grad():
-                    for n, p in net.named_parameters():
-                        if n in masks:
-                            p.mul_(masks[n])
-    net.eval()
+    fine_tune(state, qat.model, [p for w in qat.wrapped.values() for p in w.parameters()], epochs=config.qat_epochs,
+              lr=LR, loss=task_or_teacher_loss(state))
     return qat

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from search.onnx_rewrite import _drop_unused, _insert_before, get_initializer, pack_codes, set_initializer
+from search.techniques.graph import _drop_unused, _insert_before, get_initializer, pack_codes, set_initializer
 
 MIN_ROWS = 16  # a table with fewer rows (token types: 2) saves nothing worth a custom op
 _CLIP_RATIOS = np.linspace(1.0, 0.6, 9)  # per block, the clipping that minimises squared error wins

@@ -1,0 +1,136 @@
+"""The stage runner: apply a recipe to a model and write the deployable artifact.
+
+    build_student   the student stages (techniques marked `student`: their output is a trained
+                    fp32 model that depends only on the recipe up to them), on a copy of the model
+    finish          the other model-stage techniques, export to ONNX, the ONNX-stage techniques,
+                    then what each layer became
+    build_artifact  both, one after the other
+
+Both stages loop over the technique registry in its orders (search/techniques/registry.py);
+this module names no technique. A recipe step runs the hooks of the technique registered for
+its config; a technique the recipe leaves out does not run.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from hardware.artifact import Artifact
+from search.export import MODEL_FILE, PROGRAM_FILE, export_onnx, export_program
+from search.layers import discover_layers
+from search.recipe import Recipe
+from search.techniques import REGISTRY, CompressionState, Technique
+from search.techniques.macs import count_nonzero_params, count_params_macs
+
+if TYPE_CHECKING:
+    from search.tasks.base import Task
+
+__all__ = ["build_artifact", "build_student", "describe_layers", "finish", "split_recipe"]
+
+
+def split_recipe(recipe: Recipe) -> tuple[Recipe, Recipe]:
+    """(the student steps, the rest): the student prefix names a student model's cache entry."""
+    student = tuple(s for s in recipe.steps if REGISTRY.of(s).student)
+    return Recipe(student), Recipe(tuple(s for s in recipe.steps if not REGISTRY.of(s).student))
+
+
+def _run_model_stage(state: CompressionState, recipe: Recipe, techniques: list[Technique]) -> None:
+    for technique in techniques:
+        config = recipe.get(technique.name)
+        if config is None:
+            continue
+        before = state.model
+        technique.apply_model(state, config)
+        state.changed |= state.model is not before
+
+
+def build_student(model: nn.Module, recipe: Recipe, task: Task, seed: int = 0) -> CompressionState:
+    """Run the student stages of `recipe` on a copy of `model` (the original is untouched and is the
+    teacher). The state's model is then the trained fp32 student; `finish` takes it from there."""
+    state = CompressionState(model=copy.deepcopy(model), task=task, teacher=model, seed=seed)
+    _run_model_stage(state, recipe, [t for t in REGISTRY.model_order() if t.student])
+    state.model.eval()
+    return state
+
+
+def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool = False) -> Artifact:
+    """The rest of `recipe` on a student's state: the other model-stage techniques, export, the
+    ONNX-stage techniques, and the per-layer record. Writes `workdir/model.onnx`.
+
+    `program`: also save the compressed module (torch.export) for backends that run it."""
+    assert state.task is not None
+    task = state.task
+    workdir.mkdir(parents=True, exist_ok=True)
+    _run_model_stage(state, recipe, [t for t in REGISTRY.model_order() if not t.student])
+    model = state.model.eval()
+    path = workdir / MODEL_FILE
+    # No model-stage step replaced the model: it is the task's own, and a task may hand out its
+    # cached export (a transformer's export takes longer than quantizing it).
+    cached = task.cached_fp32_export() if not state.changed else None
+    if cached is not None:
+        shutil.copyfile(cached.path, path)
+        state.artifact = Artifact(path, dict(cached.layer_nodes))
+    else:
+        state.artifact = export_onnx(model, task.example_inputs(), task.input_names, path,
+                                     dynamic_shapes=task.dynamic_shapes(), output_names=task.output_names)
+    if program:
+        state.artifact.program = export_program(model, task.example_inputs(), workdir / PROGRAM_FILE,
+                                                task.dynamic_shapes())
+    # Graph optimisations of the exported model (e.g. ONNX Runtime's transformer fusion) go here:
+    # after export, before the ONNX-stage techniques, which then quantize the optimised graph.
+    for technique in REGISTRY.graph_order():
+        config = recipe.get(technique.name)
+        if config is not None:
+            technique.apply_graph(state, config)
+    artifact = state.artifact
+    artifact.layers = describe_layers(state)
+    params, macs = count_params_macs(model, task.example_inputs())  # per sample: batch of 1
+    artifact.stats = {"params": float(params), "macs": float(macs),
+                      "params_nonzero": float(count_nonzero_params(model))}
+    return artifact
+
+
+def build_artifact(model: nn.Module, recipe: Recipe, task: Task, workdir: Path, program: bool = False,
+                   seed: int = 0) -> Artifact:
+    """Compress `model` per `recipe`, export and quantize it: the deployable artifact in `workdir`."""
+    return finish(build_student(model, recipe, task, seed), recipe, workdir, program)
+
+
+def _notes_for(name: str, notes: dict[str, dict]) -> dict:
+    """Notes recorded under a layer's name or any of its ancestors (a factorized layer's halves
+    inherit the note of the layer they replaced)."""
+    parts = name.split(".")
+    merged: dict = {}
+    for i in range(1, len(parts) + 1):
+        merged.update(notes.get(".".join(parts[:i]), {}))
+    return merged
+
+
+@torch.no_grad()
+def describe_layers(state: CompressionState) -> dict[str, dict]:
+    """What each layer became: shape, parameter count, sparsity, bit-width, ONNX node, and what the
+    techniques recorded for it (rank, skipped factorizations, channels kept, merged layers)."""
+    model, notes = state.model, state.notes
+    out = {}
+    for info in discover_layers(model):
+        weight = model.get_submodule(info.name).weight
+        out[info.name] = {
+            "kind": info.kind,
+            "shape": list(info.weight_shape),
+            "params": int(weight.numel()),
+            "sparsity": round(float((weight == 0).float().mean()), 4),
+            "bits": state.bits_of(info.name),
+            "node": state.layer_nodes.get(info.name),
+            **_notes_for(info.name, notes),
+        }
+    # Layers that no longer exist (merged away) still get their record.
+    for name, note in notes.items():
+        if name not in out and not any(n.startswith(name + ".") for n in out):
+            out[name] = dict(note)
+    return out
