@@ -8,10 +8,17 @@ looks for files beside `path` by name.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hardware.sizes import artifact_bytes, compressed_bytes
+
+# An artifact directory (a trial's) holds the deployable model, what each layer became, and, when
+# a backend needs it, the compressed module's torch.export program. Only `Artifact.load` reads
+# them back by these names.
+MODEL_FILE, LAYERS_FILE, PROGRAM_FILE = "model.onnx", "layers.json", "model.pt2"
 
 
 @dataclass
@@ -37,3 +44,17 @@ class Artifact:
 
     def bytes_compressed(self) -> int:
         return compressed_bytes(self.path)
+
+    def save_records(self) -> None:
+        """Write the layer records beside the model (reports, MLflow and `load` read them)."""
+        (self.path.parent / LAYERS_FILE).write_text(json.dumps(self.layers, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> Artifact:
+        """The artifact an earlier run left in `directory`, sidecars included (to measure it again)."""
+        layers: dict[str, dict] = {}
+        with contextlib.suppress(OSError, ValueError):
+            layers = json.loads((directory / LAYERS_FILE).read_text())
+        nodes = {name: info["node"] for name, info in layers.items() if info.get("node")}
+        program = directory / PROGRAM_FILE
+        return cls(directory / MODEL_FILE, nodes, layers, program=program if program.exists() else None)

@@ -56,8 +56,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import RunOptions, default_tracking_uri, run
-    from search.progress import front_table
     from search.space import load_space
+    from search.study.progress import front_table
     from search.units import parse_duration, parse_size
 
     results_dir = _results_dir(args)
@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
-    from search.progress import front_table
+    from search.study.progress import front_table
 
     view = view_from_storage(args.study, _storage(args))
     if args.json:
@@ -112,8 +112,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     import optuna
 
     from search.driver import require_existing_storage
-    from search.status import study_status
     from search.storage import open_storage
+    from search.study.status import study_status
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(args)
@@ -129,7 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
-    from search.export_card import export_trial
+    from search.report.card import export_trial
 
     view = view_from_storage(args.study, _storage(args))
     out = export_trial(view, args.trial, Path(args.out))

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from hardware.artifact import Artifact
-from search.export import MODEL_FILE, PROGRAM_FILE, export_onnx, export_program
+from hardware.artifact import MODEL_FILE, PROGRAM_FILE, Artifact
+from search.export import export_onnx, export_program
 from search.layers import discover_layers
 from search.recipe import Recipe
 from search.techniques import REGISTRY, CompressionState, Technique

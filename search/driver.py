@@ -29,14 +29,14 @@ from optuna.trial import TrialState
 from hardware.environment import environment
 from hardware.profiles import make_backend
 from search.errors import UserError
-from search.progress import Progress
 from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
 from search.space import SearchSpace
 from search.storage import open_storage, storage_takes_parallel_writers
-from search.study_view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
+from search.study.progress import Progress
+from search.study.tracking import Tracker
+from search.study.view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
 from search.tasks import TASKS
-from search.tracking import Tracker
 from search.trial_runner import TrialFailure, TrialRunner
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -324,7 +324,7 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
             progress.say(f"study {study.study_name!r} already has {started_before} of {options.trials} trials; "
                          f"raise --trials to run more")
         if coordinator and options.remeasure:
-            from search.remeasure import remeasure_front
+            from search.study.remeasure import remeasure_front
 
             backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
             task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")

@@ -14,7 +14,6 @@ from torch import nn
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
 from search.compress import build_artifact
-from search.export import save_trial_files
 from search.recipe import Recipe
 from search.space import SearchSpace
 from search.tasks.base import Task
@@ -28,7 +27,7 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
     with compute_slot():  # compression runs beside other workers' compression, never beside a timing
         artifact = build_artifact(model, recipe, task, workdir,
                                   program=any(getattr(b, "needs_program", False) for b in backends.values()))
-    save_trial_files(artifact)
+    artifact.save_records()
     measurements = {}
     extras: dict[str, dict[str, float]] = {}  # the task's extra quality figures, per profile
     for profile in space.profiles:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -21,28 +20,6 @@ from torch import nn
 from hardware.artifact import Artifact
 
 OPSET = 21  # >= 21 for standard int4 QuantizeLinear/DequantizeLinear
-
-# What a trial directory holds: the deployable model, what each layer became, and (when a torch
-# profile is listed) the compressed module's torch.export program. Written by the stage runner and
-# `save_trial_files`, read back only by `trial_artifact`: no other code finds them by name.
-MODEL_FILE, LAYERS_FILE, PROGRAM_FILE = "model.onnx", "layers.json", "model.pt2"
-
-
-def save_trial_files(artifact: Artifact) -> None:
-    """Write the artifact's layer records beside its model (reports, MLflow and `trial_artifact` read them)."""
-    (artifact.path.parent / LAYERS_FILE).write_text(json.dumps(artifact.layers, indent=1))
-
-
-def trial_artifact(directory: Path) -> Artifact:
-    """The artifact a finished trial left in `directory`, sidecars included (for re-measuring it)."""
-    path = directory / MODEL_FILE
-    layers: dict[str, dict] = {}
-    with contextlib.suppress(OSError, ValueError):
-        layers = json.loads((directory / LAYERS_FILE).read_text())
-    nodes = {name: info["node"] for name, info in layers.items() if info.get("node")}
-    program = directory / PROGRAM_FILE
-    return Artifact(path, nodes, layers, program=program if program.exists() else None)
-
 
 @contextlib.contextmanager
 def _quiet_exporter():

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hardware.artifact import MODEL_FILE
+
 GOAL_SPEED = (2.0, 0.5)  # (x faster, max drop)
 GOAL_SIZE = (8.0, 1.0)   # (x smaller, max drop)
 DROP_SCALE = 10.0        # a 10-point drop is the far edge of the hypervolume box
@@ -120,17 +122,17 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
         run(1)  # the fp32 baseline first: every other trial's constraint is measured against it
         enqueue_seeds(space, default_storage(results_dir), name, trials - 1)
         run(trials)
-    from search.pareto import pareto_front
-    from search.study_view import DIRECTIONS
+    from search.study.pareto import pareto_front
+    from search.study.view import DIRECTIONS
 
     view = view_from_storage(name, default_storage(results_dir))
     done = {t.number: t for t in view.trials if t.values and not t.baseline and t.artifact_dir
-            and (Path(t.artifact_dir) / "model.onnx").exists()}
+            and (Path(t.artifact_dir) / MODEL_FILE).exists()}
     # The front of every completed trial, feasible or not: the table shows each point's drop anyway.
     points = []
     for number in pareto_front({n: tuple(t.values.values()) for n, t in done.items()}, DIRECTIONS):
         t = done[number]
-        points.append(Point(f"search #{number}: {t.summary}", "search", Path(t.artifact_dir) / "model.onnx"))
+        points.append(Point(f"search #{number}: {t.summary}", "search", Path(t.artifact_dir) / MODEL_FILE))
     return points
 
 

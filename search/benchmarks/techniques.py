@@ -87,13 +87,12 @@ def combined_search(trials: int, work: Path) -> list[dict]:
 
     view = view_from_storage("bench-all", default_storage(work / "search"))
     rows = []
-    for row in view.front_rows():
-        t = next(t for t in view.trials if t.number == row["trial"])
-        m = t.metrics.get(view.attrs.get("objective_profile", "ort-cpu"), {})
-        rows.append({"recipe": f"search front, trial {row['trial']}: {row['recipe']}", "accuracy": row["accuracy"],
-                     "p50_ms": row["latency_p50_ms"], "bytes": row["bytes"],
-                     "bytes_compressed": m.get("bytes_compressed"), "params": m.get("params"), "macs": m.get("macs"),
-                     "simulated_layers": int(m.get("lowbit_simulated_layers", 0)), "kernels": ""})
+    for row in view.front():
+        m = row.figures
+        rows.append({"recipe": f"search front, trial {row.trial}: {row.recipe}", "accuracy": row.quality,
+                     "p50_ms": row.latency, "bytes": row.bytes,
+                     "bytes_compressed": row.bytes_compressed, "params": m.get("params"), "macs": m.get("macs"),
+                     "simulated_layers": row.lowbit_simulated_layers, "kernels": ""})
     return rows
 
 

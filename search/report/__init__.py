@@ -1,4 +1,5 @@
-"""`compsearch report`: a study as a self-contained HTML page, a Markdown file and CSV tables.
+"""`compsearch report` (a study as a self-contained HTML page, a Markdown file and CSV tables) and
+`compsearch export` (one trial's artifact and its model card, `card.py`).
 
 Everything comes from the storage through StudyView (what `compsearch show --json` prints)
 plus each picked trial's layers.json, so a report can be made on any machine that sees the
@@ -10,12 +11,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from search.report.card import export_trial
 from search.report.data import ReportData, build_report
 from search.report.html import render_html
 from search.report.markdown import render_markdown, write_csvs
-from search.study_view import StudyView
+from search.study.view import StudyView
 
-__all__ = ["ReportData", "build_report", "default_out_dir", "write_report"]
+__all__ = ["ReportData", "build_report", "default_out_dir", "export_trial", "write_report"]
 
 
 def default_out_dir(results_dir: Path, study: str) -> Path:

@@ -9,40 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.pareto import pareto_front
+from hardware.artifact import LAYERS_FILE
 from search.report.hypervolume import progress
-from search.study_view import DIRECTIONS, StudyView, TrialView
+from search.study.figures import figure_kind
+from search.study.view import DIRECTIONS, FrontRow, StudyView, TrialView
 
 LAYER_COLUMNS = ("kind", "shape", "params", "bits", "sparsity", "rank", "clusters")
 _CI = re.compile(r"^(?P<stem>.+)_ci_low(?P<unit>_[a-z]+)?$")
-
-
-def figure_kind(name: str) -> str:
-    """'estimate' or 'simulated' when a metric's name says so (`latency_p50_est_ms`), else ''."""
-    tokens = re.split(r"[._]", name.lower())
-    if any(t in ("est", "estimate", "estimated") for t in tokens):
-        return "estimate"
-    if any(t in ("sim", "simulated") for t in tokens):
-        return "simulated"
-    return ""
-
-
-def find_key(metrics: dict[str, float], stem: str, unit: str = "_ms") -> str | None:
-    """The metric for `stem` (e.g. latency_p50), also when named as an estimate (latency_p50_est_ms)."""
-    if stem + unit in metrics:
-        return stem + unit
-    for key in sorted(metrics):
-        if key.startswith(stem + "_") and key.endswith(unit) and "_ci_" not in key:
-            return key
-    return None
-
-
-def ratio(base: float | None, value: float | None) -> float | None:
-    return base / value if base and value else None
 
 
 @dataclass
@@ -65,11 +42,16 @@ class ProfileData:
     points: list[Point]
     front: list[int]
     baseline: dict[str, float] | None
-    rows: list[dict[str, Any]]  # the front with ratios against this profile's baseline
+    rows: list[FrontRow]  # the front with ratios against this profile's baseline
     kinds: dict[str, str]  # metric name -> 'estimate' / 'simulated' for the figures that are not measured
+    others: dict[int, FrontRow] = field(default_factory=dict)  # rows of picked trials off this front
 
     def point(self, trial: int) -> Point | None:
         return next((p for p in self.points if p.trial == trial), None)
+
+    def row(self, trial: int) -> FrontRow | None:
+        """The trial's row on this profile (front points, and the picks), None if it was not measured here."""
+        return next((r for r in self.rows if r.trial == trial), None) or self.others.get(trial)
 
 
 @dataclass
@@ -119,8 +101,7 @@ class ReportData:
 
 def _profile_data(view: StudyView, profile: str) -> ProfileData:
     done = [t for t in view.trials if t.state == "COMPLETE" and profile in t.metrics]
-    sample = done[0].metrics[profile] if done else {}
-    lat_key = find_key(sample, "latency_p50") or "latency_p50_ms"
+    lat_key = view.latency_key(profile)
     points = []
     for t in done:
         m = t.metrics[profile]
@@ -130,41 +111,14 @@ def _profile_data(view: StudyView, profile: str) -> ProfileData:
             ci = (low, high)
         points.append(Point(t.number, m.get("quality", float("nan")), m.get(lat_key), m.get("bytes", float("nan")),
                             t.feasible, t.baseline, t.summary, latency_ci=ci))
-    if profile == view.attrs.get("objective_profile"):
-        front = view.pareto_numbers()  # the study's own front: the same one `show --json` prints
-    else:
-        front = pareto_front({p.trial: (p.quality, p.latency, p.bytes) for p in points
-                              if p.feasible and p.latency is not None}, DIRECTIONS)
+    front = view.pareto_numbers(profile)  # the objective profile's is the study's own: what show --json prints
     for p in points:
         p.pareto = p.trial in front
     base = view.baseline
     base_m = base.metrics.get(profile) if base else None
     # A count such as `lowbit_simulated_layers` = 0 says nothing was simulated: only non-zero figures count.
     kinds = {k: figure_kind(k) for t in done for k, v in t.metrics[profile].items() if figure_kind(k) and v}
-    rows = [_front_row(view, profile, n, base_m, lat_key) for n in front]
-    return ProfileData(profile, lat_key, points, front, base_m, rows, kinds)
-
-
-def _front_row(view: StudyView, profile: str, number: int, base: dict[str, float] | None,
-               lat_key: str) -> dict[str, Any]:
-    t = next(t for t in view.trials if t.number == number)
-    m = t.metrics[profile]
-    row: dict[str, Any] = {"trial": number, "quality": m.get("quality")}
-    for stem in ("latency_p50", "latency_p90", "latency_p99"):
-        key = find_key(m, stem)
-        row[stem] = m.get(key) if key else None
-    row["bytes"] = m.get("bytes")
-    row["bytes_compressed"] = m.get("bytes_compressed")
-    if base:
-        bq = base.get("quality")
-        row["quality_change"] = None if bq is None or row["quality"] is None else row["quality"] - bq
-        row["x_faster"] = ratio(base.get(lat_key), m.get(lat_key))
-        row["x_smaller"] = ratio(base.get("bytes"), m.get("bytes"))
-        row["x_smaller_compressed"] = ratio(base.get("bytes_compressed"), m.get("bytes_compressed"))
-    row["recipe"] = t.summary
-    # Estimated/simulated figures of this point other than its latency (which the column header labels).
-    row["caveats"] = {k: v for k, v in m.items() if figure_kind(k) and v and k != lat_key}
-    return row
+    return ProfileData(profile, lat_key, points, front, base_m, view.front(profile), kinds)
 
 
 def _picks(view: StudyView, profile: ProfileData, budget: float | None, quality_name: str) -> list[Pick]:
@@ -205,7 +159,7 @@ def read_layers(trial: TrialView) -> dict[str, dict[str, Any]]:
     """The trial's layers.json (what each layer became), or {} when its artifact directory is gone."""
     if not trial.artifact_dir:
         return {}
-    path = Path(trial.artifact_dir) / "layers.json"
+    path = Path(trial.artifact_dir) / LAYERS_FILE
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -251,6 +205,9 @@ def build_report(view: StudyView, latency_budget_ms: float | None = None, with_l
             if pick.trial is not None and pick.trial.number not in layers:
                 layers[pick.trial.number] = read_layers(pick.trial)
     cross = sorted({n for p in profiles.values() for n in p.front} | {p.trial.number for p in picks if p.trial})
+    for prof in profiles.values():  # the picks' rows too, where they are not on that profile's front
+        prof.others = {n: view.row(n, prof.name) for n in cross
+                       if n not in prof.front and prof.name in view.trial(n).metrics}
     feasible_values = {t.number: tuple(t.values.values()) for t in view.trials if t.feasible and t.values}
     starts = [t.start_ms for t in view.trials if t.start_ms]
     ends = [t.start_ms + (t.duration_s or 0) * 1000 for t in view.trials if t.start_ms]

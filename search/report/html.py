@@ -11,8 +11,10 @@ from html import escape
 from typing import Any
 
 from search.report import fmt
-from search.report.data import LAYER_COLUMNS, Pick, ProfileData, ReportData, figure_kind, grouped_picks
+from search.report.data import LAYER_COLUMNS, Pick, ProfileData, ReportData, grouped_picks
 from search.report.plots import line_svg, scatter_svg
+from search.study.figures import figure_kind
+from search.study.view import FrontRow
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2933;margin:0;background:#f5f7fa}
@@ -137,25 +139,21 @@ def _pick_card(d: ReportData, group: list[Pick]) -> str:
     rule = "; ".join(p.rule for p in group)
     t = pick.trial
     prof = d.profiles[d.objective_profile]
-    row = next((r for r in prof.rows if r["trial"] == t.number), None)
-    m = t.metrics.get(d.objective_profile, {})
-    base = prof.baseline or {}
-    x_faster = row["x_faster"] if row else (base.get(prof.latency_key) or 0) / (m.get(prof.latency_key) or 1)
-    x_smaller = row["x_smaller"] if row else (base.get("bytes") or 0) / (m.get("bytes") or 1)
-    change = m.get("quality", 0) - base.get("quality", 0) if base else None
-    figs = (f'<div class="figs"><span>{e(d.quality_name)} <b>{fmt.num(m.get("quality"))}</b> '
-            f'({fmt.signed(change)})</span><span>p50 <b>{fmt.num(m.get(prof.latency_key))} ms</b> '
-            f'({fmt.ratio(x_faster)} faster)</span><span>size <b>{e(fmt.size(m.get("bytes")))}</b> '
-            f'({fmt.ratio(x_smaller)} smaller)</span></div>')
+    row = prof.row(t.number)
+    assert row is not None  # a pick is a feasible trial of the objective profile
+    figs = (f'<div class="figs"><span>{e(d.quality_name)} <b>{fmt.num(row.quality)}</b> '
+            f'({fmt.signed(row.quality_change)})</span><span>p50 <b>{fmt.num(row.latency)} ms</b> '
+            f'({fmt.ratio(row.x_faster)} faster)</span><span>size <b>{e(fmt.size(row.bytes))}</b> '
+            f'({fmt.ratio(row.x_smaller)} smaller)</span></div>')
     return (f'<div class="card" id="pick-{t.number}"><h3 class="wide">{e(title)}: trial {t.number}</h3>'
             f'<div><p class="legend">{e(rule)}</p>{figs}<p class="recipe">{e(t.summary)}</p>'
             f"<details><summary>Full recipe (JSON)</summary><pre>{e(json.dumps(t.recipe, indent=2))}</pre>"
             f"</details></div><div><h3>What each layer became</h3>{_layer_table(d, t.number)}</div></div>")
 
 
-def _caveats(row: dict[str, Any]) -> str:
+def _caveats(row: FrontRow) -> str:
     return "".join(f' <span class="badge">{e(figure_kind(k))}: {e(k)} = {e(fmt.num(v))}</span>'
-                   for k, v in row.get("caveats", {}).items())
+                   for k, v in row.caveats.items())
 
 
 def _front_table(d: ReportData, prof: ProfileData) -> str:
@@ -164,12 +162,12 @@ def _front_table(d: ReportData, prof: ProfileData) -> str:
               "x faster", "x smaller", "x smaller (compressed)", "recipe"]
     rows = []
     for r in prof.rows:
-        rows.append([f'<a href="#trial-{r["trial"]}">{r["trial"]}</a>', fmt.num(r["quality"]),
-                     fmt.signed(r.get("quality_change")), fmt.num(r["latency_p50"]), fmt.num(r["latency_p90"]),
-                     fmt.num(r["latency_p99"]), e(fmt.size(r["bytes"])), e(fmt.size(r["bytes_compressed"])),
-                     fmt.ratio(r.get("x_faster")), fmt.ratio(r.get("x_smaller")),
-                     fmt.ratio(r.get("x_smaller_compressed")),
-                     f'<span class="recipe">{e(r["recipe"])}</span>{_caveats(r)}'])
+        rows.append([f'<a href="#trial-{r.trial}">{r.trial}</a>', fmt.num(r.quality),
+                     fmt.signed(r.quality_change), fmt.num(r.latency_at("latency_p50")),
+                     fmt.num(r.latency_at("latency_p90")), fmt.num(r.latency_at("latency_p99")),
+                     e(fmt.size(r.bytes)), e(fmt.size(r.bytes_compressed)), fmt.ratio(r.x_faster),
+                     fmt.ratio(r.x_smaller), fmt.ratio(r.x_smaller_compressed),
+                     f'<span class="recipe">{e(r.recipe)}</span>{_caveats(r)}'])
     if not rows:
         return '<p class="muted">Empty: no completed trial satisfies the quality constraint.</p>'
     return _table(header, rows, set(range(1, 11)))
@@ -203,13 +201,11 @@ def _cross_table(d: ReportData) -> str:
         row = [str(number), f'<span class="recipe">{e(t.summary)}</span>']
         on_any = False
         for prof in d.profiles.values():
-            p = prof.point(number)
-            base = (prof.baseline or {}).get(prof.latency_key)
+            r = prof.row(number)
             mark = " &#9733;" if number in prof.front else ""
             on_any |= number in prof.front
-            row += [fmt.num(p.quality) if p else "-", (fmt.num(p.latency) + mark) if p else "-",
-                    fmt.ratio(base / p.latency if p and p.latency and base else None), e(fmt.size(p.bytes)) if p
-                    else "-"]
+            row += [fmt.num(r.quality) if r else "-", (fmt.num(r.latency) + mark) if r else "-",
+                    fmt.ratio(r.x_faster if r else None), e(fmt.size(r.bytes)) if r else "-"]
         rows.append(row)
         classes.append("front" if on_any else "")
     numeric = set(range(2, len(header)))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from search.report import fmt
-from search.report.data import LAYER_COLUMNS, ReportData, figure_kind, grouped_picks
+from search.report.data import LAYER_COLUMNS, ReportData, grouped_picks
+from search.study.figures import figure_kind
 
 
 def m(value: Any) -> str:
@@ -69,12 +70,11 @@ def render_markdown(d: ReportData, command: str) -> str:
     for p in d.profiles.values():
         note = fmt.kind_note(p.kinds.get(p.latency_key, ""))
         lines += [f"### {m(p.name)}", ""]
-        rows = [[str(r["trial"]), fmt.num(r["quality"]), fmt.signed(r.get("quality_change")),
-                 fmt.num(r["latency_p50"]), fmt.num(r["latency_p90"]), fmt.num(r["latency_p99"]),
-                 fmt.size(r["bytes"]), fmt.size(r["bytes_compressed"]), fmt.ratio(r.get("x_faster")),
-                 fmt.ratio(r.get("x_smaller")), fmt.ratio(r.get("x_smaller_compressed")),
-                 m(r["recipe"]) + "".join(f" ({figure_kind(k)}: {m(k)} = {fmt.num(v)})"
-                                          for k, v in r.get("caveats", {}).items())]
+        rows = [[str(r.trial), fmt.num(r.quality), fmt.signed(r.quality_change),
+                 fmt.num(r.latency_at("latency_p50")), fmt.num(r.latency_at("latency_p90")),
+                 fmt.num(r.latency_at("latency_p99")), fmt.size(r.bytes), fmt.size(r.bytes_compressed),
+                 fmt.ratio(r.x_faster), fmt.ratio(r.x_smaller), fmt.ratio(r.x_smaller_compressed),
+                 m(r.recipe) + "".join(f" ({figure_kind(k)}: {m(k)} = {fmt.num(v)})" for k, v in r.caveats.items())]
                 for r in p.rows]
         lines += _table(["trial", m(d.quality_name), "change", f"p50 ms{note}", "p90 ms", "p99 ms", "bytes",
                          "compressed", "x faster", "x smaller", "x smaller (compressed)", "recipe"], rows)
@@ -85,11 +85,10 @@ def render_markdown(d: ReportData, command: str) -> str:
     for number in d.cross:
         row = [str(number)]
         for p in d.profiles.values():
-            pt = p.point(number)
-            base = (p.baseline or {}).get(p.latency_key)
-            row += [fmt.num(pt.quality) if pt else "-",
-                    (fmt.num(pt.latency) + (" *" if number in p.front else "")) if pt else "-",
-                    fmt.ratio(base / pt.latency if pt and pt.latency and base else None)]
+            r = p.row(number)
+            row += [fmt.num(r.quality) if r else "-",
+                    (fmt.num(r.latency) + (" *" if number in p.front else "")) if r else "-",
+                    fmt.ratio(r.x_faster if r else None)]
         rows.append(row)
     lines += _table(header, rows)
 
@@ -132,5 +131,5 @@ def write_csvs(d: ReportData, out_dir: Path) -> list[Path]:
         w.writerow(["profile", "latency_metric", *columns])
         for p in d.profiles.values():
             for r in p.rows:
-                w.writerow([p.name, p.latency_key, *(r.get(c, "") for c in columns)])
+                w.writerow([p.name, p.latency_key, *(r.as_dict()[c] for c in columns)])
     return [trials_path, front_path]

@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import create_trial
 
 from hardware.profiles import load_profile, make_backend
-from search.remeasure import remeasure_front
+from search.study.remeasure import remeasure_front
 
 
 class Task:

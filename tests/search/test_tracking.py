@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.tracking import PARENT_ATTR, Tracker, layer_bits_param
+from search.study.tracking import PARENT_ATTR, Tracker, layer_bits_param
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_report import LOCK_VAR, STUDY, run_small_study  # noqa: E402
@@ -137,7 +137,7 @@ def test_a_child_left_running_by_a_dead_process_is_completed_not_duplicated(
         study_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import optuna
 
-    from search.study_view import StudyView
+    from search.study.view import StudyView
 
     shown = show_json(study_dir, capsys)
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_dir / 'optuna.db'}")

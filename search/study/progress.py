@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from search.study_view import StudyView
+from search.study.view import StudyView
 from search.units import format_bytes, format_duration
 
 
@@ -51,7 +51,7 @@ class Progress:
 
 def front_table(view: StudyView) -> str:
     """The Pareto front as a text table with ratios against the baseline."""
-    rows = view.front_rows()
+    rows = view.front()
     quality = view.objective_names[0]
     if not rows:
         return "Pareto front: empty (no completed trial satisfies the quality constraint)"
@@ -59,9 +59,9 @@ def front_table(view: StudyView) -> str:
     lines: list[list[str]] = []
     for r in rows:
         lines.append([
-            str(r["trial"]), f"{r[quality]:.4f}", _signed(r.get("quality_change")),
-            f"{r['latency_p50_ms']:.4f}" + (" (sim)" if r.get("lowbit_simulated_layers") else ""),
-            _ratio(r.get("x_faster")), format_bytes(r["bytes"]), _ratio(r.get("x_smaller")), r["recipe"],
+            str(r.trial), f"{r.quality:.4f}", _signed(r.quality_change),
+            f"{r.latency:.4f}" + (" (sim)" if r.lowbit_simulated_layers else ""),
+            _ratio(r.x_faster), format_bytes(r.bytes), _ratio(r.x_smaller), r.recipe,
         ])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:<{w}}}" if i in (len(header) - 1,) else f"{{:>{w}}}" for i, w in enumerate(widths))

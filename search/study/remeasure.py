@@ -21,10 +21,10 @@ from typing import Any
 
 import optuna
 
+from hardware.artifact import Artifact
 from hardware.base import Backend
-from search.export import trial_artifact
-from search.pareto import pareto_front
-from search.study_view import DIRECTIONS, StudyView
+from search.study.pareto import pareto_front
+from search.study.view import DIRECTIONS, StudyView
 from search.tasks.base import Task
 
 ATTR = "remeasured"
@@ -47,7 +47,7 @@ def remeasure_front(study: optuna.Study, backend: Backend, task: Task,
     trials: dict[str, dict[str, Any]] = {}
     for number in front:
         t = by_number[number]
-        artifact = trial_artifact(Path(t.artifact_dir or ""))
+        artifact = Artifact.load(Path(t.artifact_dir or ""))
         if not artifact.path.exists():
             say(f"  trial {number}: artifact {artifact.path} is gone; not re-measured")
             continue

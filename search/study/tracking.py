@@ -21,7 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from search.study_view import StudyView, TrialView
+from hardware.artifact import LAYERS_FILE, MODEL_FILE
+from search.study.view import StudyView, TrialView
 
 PARENT_ATTR = "mlflow_parent_run_id"
 _PARENT_ATTR = PARENT_ATTR  # the old private name, kept for callers that imported it
@@ -58,9 +59,9 @@ def _timed(method: F) -> F:
 
 
 def layer_bits_param(recipe: dict[str, Any]) -> str:
-    """Per-layer bit-widths as one compact param: `fp32/int8/int8` in model order (full map in layers.json)."""
+    """The `layer_bits` param a trial logs: bit-widths in model order, `fp32/int8/int8` (full map in layers.json)."""
     for step in recipe.get("steps", []):
-        if step.get("type") == "quantize" and isinstance(step.get("layer_bits"), dict):
+        if isinstance(step.get("layer_bits"), dict):
             return "/".join(str(b) for b in step["layer_bits"].values())
     return ""
 
@@ -183,16 +184,12 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=f"trial-{view.number}", start_time=start,
                                          tags=ids)
             run_id = run.info.run_id
-        params = {"recipe": view.summary, **view.flat_params()}
-        bits = layer_bits_param(view.recipe)
-        if bits:
-            params["layer_bits"] = bits
+        params = {"recipe": view.summary, **view.flat_params()}  # the full recipe is the recipe.json artifact
         ts = int(view.start_ms or 0)
-        tags["recipe_json"] = json.dumps(view.recipe)[:TAG_MAX]
         batch = {"params": [Param(k[:250], str(v)[:PARAM_MAX]) for k, v in params.items()],
                  "metrics": [Metric(k, float(v), ts, 0) for k, v in view.flat_metrics().items()],
                  "tags": [RunTag(k, v) for k, v in tags.items() if v is not None]}
-        layers = artifact_dir / "layers.json" if artifact_dir is not None else None
+        layers = artifact_dir / LAYERS_FILE if artifact_dir is not None else None
         end = int(view.start_ms + view.duration_s * 1000) if view.start_ms and view.duration_s else None
         status = "FINISHED" if view.state == "COMPLETE" else "FAILED"
         self._submit(self._finish_child, run_id, batch, view.recipe, layers, status, end)
@@ -237,7 +234,7 @@ class Tracker:
         by_number = {t.number: t for t in view.trials}
         for number in sorted(pareto):
             art = by_number[number].artifact_dir
-            for name in ("model.onnx", "layers.json"):
+            for name in (MODEL_FILE, LAYERS_FILE):
                 path = Path(art) / name if art else None
                 if path is not None and path.exists():
                     self.client.log_artifact(self.parent_id, str(path), f"pareto/trial-{number}")
@@ -317,14 +314,12 @@ class Tracker:
 
 
 def front_table_rows(view: StudyView) -> list[dict[str, Any]]:
-    """The parent's front table: `front_rows()` plus each profile's headline figures."""
-    by_number = {t.number: t for t in view.trials}
+    """The parent's front table: the rows `show --json` prints, plus each profile's headline figures."""
+    quality_name = view.objective_names[0]
     rows = []
-    for row in view.front_rows():
-        out = dict(row)
-        for profile, metrics in by_number[row["trial"]].metrics.items():
-            for k in ("quality", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "bytes", "bytes_compressed"):
-                if k in metrics:
-                    out[f"{profile}.{k}"] = metrics[k]
+    for row in view.front():
+        out = row.to_json(quality_name)
+        for profile, figures in row.per_profile.items():
+            out.update({f"{profile}.{k}": v for k, v in figures.items()})
         rows.append(out)
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from search.study_view import StudyView
+from search.study.view import StudyView
 from search.units import format_bytes, format_duration
 
 
@@ -17,13 +17,13 @@ def study_status(study: optuna.Study) -> str:
     parts = [f"{view.name}: {counts.get('COMPLETE', 0)} done, {counts.get('FAIL', 0)} failed, {running} running"]
     if budget:
         parts[0] += f" of a budget of {budget}"
-    front = view.front_rows()
+    front = view.front()
     parts.append(f"front {len(front)} point(s)")
     if front:
         quality = view.objective_names[0]
-        best = min(front, key=lambda r: r["latency_p50_ms"])
-        parts.append(f"fastest feasible: trial {best['trial']} ({quality} {best[quality]:.4f}, "
-                     f"p50 {best['latency_p50_ms']:.4f} ms, {format_bytes(best['bytes'])})")
+        best = min(front, key=lambda r: r.latency)
+        parts.append(f"fastest feasible: trial {best.trial} ({quality} {best.quality:.4f}, "
+                     f"p50 {best.latency:.4f} ms, {format_bytes(best.bytes)})")
     durations = [t.duration_s for t in view.trials if t.duration_s and t.state in ("COMPLETE", "FAIL")]
     if budget and durations and running:
         left = max(0, budget - done - running)

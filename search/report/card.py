@@ -12,10 +12,12 @@ import json
 import shutil
 from pathlib import Path
 
+from hardware.artifact import MODEL_FILE
 from search.errors import UserError
-from search.report.data import LAYER_COLUMNS, figure_kind, read_layers
+from search.report.data import LAYER_COLUMNS, read_layers
 from search.report.fmt import cell, num, ratio
-from search.study_view import StudyView, TrialView
+from search.study.figures import figure_kind
+from search.study.view import StudyView, TrialView
 
 CARD_METRICS = ("quality", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_qps", "bytes",
                 "bytes_compressed", "session_init_s")
@@ -29,29 +31,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _figures(trial: TrialView, base: TrialView | None) -> list[str]:
+def _figures(view: StudyView, trial: TrialView) -> list[str]:
     """One row per profile and metric, with the baseline's figure and the ratio where it means something."""
     lines = ["| profile | metric | this model | baseline | vs baseline |", "| --- | --- | --- | --- | --- |"]
     for profile, metrics in trial.metrics.items():
-        base_m = base.metrics.get(profile, {}) if base else {}
+        row = view.row(trial.number, profile)
         names = [k for k in CARD_METRICS if k in metrics]
         # Estimates and confidence intervals, labelled; a zero count such as lowbit_simulated_layers says nothing.
         names += sorted(k for k in metrics if (figure_kind(k) and metrics[k]) or "_ci_" in k)
         for name in names:
-            value, b = metrics[name], base_m.get(name)
             kind = figure_kind(name)
             label = f"{name} ({kind})" if kind else name
-            if "_ci_" in name:
-                vs = ""
-            elif name.startswith("latency") and b and value:
-                vs = f"{ratio(b / value)} faster"
-            elif name.startswith("bytes") and b and value:
-                vs = f"{ratio(b / value)} smaller"
-            elif name == "quality" and b is not None:
-                vs = f"{value - b:+.4f}"
-            else:
-                vs = ""
-            lines.append(f"| {profile} | {label} | {num(value, 6)} | {num(b, 6)} | {vs} |")
+            vs = row.versus(name)
+            text = "" if vs is None else f"{vs[1]:+.4f}" if vs[0] == "change" else f"{ratio(vs[1])} {vs[0]}"
+            base = (row.baseline or {}).get(name)
+            lines.append(f"| {profile} | {label} | {num(metrics[name], 6)} | {num(base, 6)} | {text} |")
     return lines
 
 
@@ -76,12 +70,11 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
         raise UserError(f"study {view.name!r} has no trial {number}; trials: 0..{len(view.trials) - 1}")
     if trial.state != "COMPLETE" or not trial.artifact_dir:
         raise UserError(f"trial {number} of study {view.name!r} is {trial.state}, not COMPLETE: nothing to export")
-    source = Path(trial.artifact_dir) / "model.onnx"
+    source = Path(trial.artifact_dir) / MODEL_FILE
     if not source.exists():
         raise UserError(f"{source}: the trial's artifact is gone (was the results directory cleaned?)")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out)
-    base = view.baseline
     on_front = number in view.pareto_numbers()
     drop = view.attrs.get("max_quality_drop")
     task = view.attrs.get("task") or {}
@@ -99,7 +92,7 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
              "", "## Figures per hardware profile", "",
              "Measured on the exported artifact by each profile's backend; figures whose names carry `est` or "
              "`sim` are estimates or simulations, labelled so.", ""]
-    lines += _figures(trial, base)
+    lines += _figures(view, trial)
     lines += ["", "## What each layer became", ""] + _layers(trial)
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in trial.environment.items()]
     lines += ["", "## Recipe (JSON)", "", "Rebuild with `search.recipe.Recipe.from_dict`:", "", "```json",

@@ -1,0 +1,296 @@
+"""A plain view of an Optuna study: what `show --json`, MLflow and the terminal all read.
+
+Everything here is computed from the storage alone, so any process (another worker, a
+report on another machine) sees the same trials, front and baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.study.figures import figure_kind, find_key, ratio, versus
+from search.study.pareto import pareto_front
+
+OBJECTIVES = ("quality", "latency_p50_ms", "bytes")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+CONSTRAINT_KEY = "quality_drop"
+# Each profile's figures a front row carries for every profile (MLflow's front table shows them).
+HEADLINE = ("quality", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "bytes", "bytes_compressed")
+
+
+@dataclass(frozen=True)
+class FrontRow:
+    """One trial's figures on one profile, against the baseline's on the same profile.
+
+    Built only by `StudyView.row` / `StudyView.front`; everything else formats it."""
+
+    trial: int
+    profile: str
+    recipe: str  # the recipe's summary
+    figures: dict[str, float]  # this trial's metrics on `profile`
+    baseline: dict[str, float] | None  # the baseline's on `profile`; None without a completed baseline
+    latency_key: str  # the p50 metric on `profile` (estimated profiles name theirs with `est`)
+    per_profile: dict[str, dict[str, float]]  # this trial's HEADLINE figures on every profile
+
+    @property
+    def quality(self) -> float | None:
+        return self.figures.get("quality")
+
+    @property
+    def latency(self) -> float | None:
+        return self.figures.get(self.latency_key)
+
+    def latency_at(self, stem: str) -> float | None:
+        """latency_p50 / latency_p90 / latency_p99 of this profile (estimates included)."""
+        key = find_key(self.figures, stem)
+        return self.figures.get(key) if key else None
+
+    @property
+    def bytes(self) -> float | None:
+        return self.figures.get("bytes")
+
+    @property
+    def bytes_compressed(self) -> float | None:
+        return self.figures.get("bytes_compressed")
+
+    def versus(self, name: str) -> tuple[str, float] | None:
+        """How this trial's metric `name` compares with the baseline's ('faster', 'smaller', 'change')."""
+        return versus(name, self.figures.get(name), (self.baseline or {}).get(name))
+
+    @property
+    def quality_change(self) -> float | None:
+        if self.baseline is None or self.quality is None or self.baseline.get("quality") is None:
+            return None
+        return self.quality - self.baseline["quality"]
+
+    @property
+    def x_faster(self) -> float | None:
+        return ratio((self.baseline or {}).get(self.latency_key), self.latency)
+
+    @property
+    def x_smaller(self) -> float | None:
+        return ratio((self.baseline or {}).get("bytes"), self.bytes)
+
+    @property
+    def x_smaller_compressed(self) -> float | None:
+        return ratio((self.baseline or {}).get("bytes_compressed"), self.bytes_compressed)
+
+    @property
+    def lowbit_simulated_layers(self) -> int:
+        """int2/binary layers: no kernel exists, so such a latency is an fp32 kernel's, not a low-bit one's."""
+        return int(self.figures.get("lowbit_simulated_layers", 0))
+
+    @property
+    def caveats(self) -> dict[str, float]:
+        """Estimated or simulated figures of this point other than its latency (which its column labels)."""
+        return {k: v for k, v in self.figures.items() if figure_kind(k) and v and k != self.latency_key}
+
+    def to_json(self, quality_name: str) -> dict[str, Any]:
+        """The row as `compsearch show --json` prints it under "front" (keys stable)."""
+        out: dict[str, Any] = {"trial": self.trial, quality_name: self.quality, "latency_p50_ms": self.latency,
+                               "bytes": self.bytes, "recipe": self.recipe,
+                               "lowbit_simulated_layers": self.lowbit_simulated_layers}
+        if self.baseline is not None:
+            out.update(quality_change=self.quality_change, x_faster=self.x_faster, x_smaller=self.x_smaller)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row with the report's column names (front.csv)."""
+        return {"trial": self.trial, "quality": self.quality, "quality_change": self.quality_change,
+                "latency_p50": self.latency_at("latency_p50"), "latency_p90": self.latency_at("latency_p90"),
+                "latency_p99": self.latency_at("latency_p99"), "bytes": self.bytes,
+                "bytes_compressed": self.bytes_compressed, "x_faster": self.x_faster, "x_smaller": self.x_smaller,
+                "x_smaller_compressed": self.x_smaller_compressed, "recipe": self.recipe}
+
+
+@dataclass
+class TrialView:
+    number: int
+    state: str
+    baseline: bool
+    recipe: dict[str, Any]
+    recipe_hash: str | None
+    summary: str
+    params: dict[str, Any]
+    values: dict[str, float] | None
+    metrics: dict[str, dict[str, float]]
+    quality_drop: float | None
+    feasible: bool
+    failure_reason: str | None
+    duration_s: float | None
+    start_ms: float | None
+    environment: dict[str, str] = field(default_factory=dict)
+    kernels: dict[str, dict[str, str]] = field(default_factory=dict)
+    artifact_dir: str | None = None
+
+    def flat_params(self) -> dict[str, Any]:
+        out = dict(self.params)
+        for step in self.recipe.get("steps", []):
+            for k, v in step.items():
+                if k == "type":
+                    continue
+                if isinstance(v, dict):
+                    # Per-layer values (quantize's layer_bits, share's layer_clusters): one compact param,
+                    # the values in model order under the field's name; the full map is in recipe.json
+                    # and layers.json.
+                    out[k] = "/".join(str(x) for x in v.values())
+                else:
+                    out[f"{step['type']}.{k}"] = v
+        return out
+
+    def flat_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.values:
+            out.update(self.values)
+        for profile, metrics in self.metrics.items():
+            out.update({f"{profile}.{k}": v for k, v in metrics.items()})
+        if self.quality_drop is not None:
+            out["quality_drop"] = self.quality_drop
+        # Numeric knobs as metrics too: the UI's parallel-coordinates chart cuts string labels.
+        for k, v in self.params.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"knob.{k}"] = float(v)
+        per_layer = [x for step in self.recipe.get("steps", []) for v in step.values() if isinstance(v, dict)
+                     for x in v.values()]
+        out["knob.int8_layers"] = float(sum(x == "int8" for x in per_layer))
+        return {k: v for k, v in out.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _failure_reason(trial: FrozenTrial) -> str | None:
+    if trial.state == TrialState.COMPLETE:
+        return None  # a retried trial inherits its predecessor's attributes
+    reason = trial.user_attrs.get("failure_reason") or trial.system_attrs.get("fail_reason")
+    if reason is None and trial.state == TrialState.FAIL:
+        # Failed by the storage, not by a worker: its heartbeat stopped (crashed or killed machine).
+        return "interrupted: its worker stopped sending heartbeats (crashed or killed); retried once"
+    return reason
+
+
+def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialView:
+    attrs = trial.user_attrs
+    constraints = trial.constraints or {}
+    excess = constraints.get(CONSTRAINT_KEY)
+    values = dict(zip(objective_names, trial.values, strict=True)) if trial.values else None
+    return TrialView(
+        number=trial.number,
+        state=trial.state.name,
+        baseline=bool(attrs.get("baseline", False)),
+        recipe=attrs.get("recipe", {"steps": []}),
+        recipe_hash=attrs.get("recipe_hash"),
+        summary=attrs.get("summary", ""),
+        params=dict(trial.params),
+        values=values,
+        metrics=attrs.get("metrics", {}),
+        quality_drop=attrs.get("quality_drop"),
+        feasible=trial.state == TrialState.COMPLETE and (excess is None or excess <= 0),
+        failure_reason=_failure_reason(trial),
+        duration_s=trial.duration.total_seconds() if trial.duration else None,
+        start_ms=trial.datetime_start.timestamp() * 1000 if trial.datetime_start else None,
+        environment=attrs.get("environment", {}),
+        kernels=attrs.get("kernels", {}),
+        artifact_dir=attrs.get("artifact_dir"),
+    )
+
+
+@dataclass
+class StudyView:
+    name: str
+    attrs: dict[str, Any]
+    objective_names: tuple[str, ...]
+    trials: list[TrialView]
+
+    @classmethod
+    def load(cls, study: optuna.Study) -> StudyView:
+        quality = study.user_attrs.get("quality_name", "quality")
+        names = (quality, *OBJECTIVES[1:])
+        return cls(study.study_name, dict(study.user_attrs), names,
+                   [trial_view(t, names) for t in study.get_trials(deepcopy=False)])
+
+    @property
+    def baseline(self) -> TrialView | None:
+        done = [t for t in self.trials if t.baseline and t.state == "COMPLETE"]
+        return done[0] if done else None
+
+    def trial(self, number: int) -> TrialView:
+        return next(t for t in self.trials if t.number == number)
+
+    def latency_key(self, profile: str) -> str:
+        """The p50 metric of `profile` (estimated profiles name theirs with `est`)."""
+        done = [t for t in self.trials if t.state == "COMPLETE" and profile in t.metrics]
+        return find_key(done[0].metrics[profile] if done else {}, "latency_p50") or "latency_p50_ms"
+
+    def pareto_numbers(self, profile: str | None = None) -> list[int]:
+        """The feasible trials on the Pareto front; of the study's own objectives by default, else of
+        `profile`'s own quality, p50 latency and bytes (feasibility is the study's constraint)."""
+        if profile is None or profile == self.objective_profile:
+            points = {t.number: tuple(t.values.values()) for t in self.trials if t.feasible and t.values}
+        else:
+            key = self.latency_key(profile)
+            points = {t.number: (m.get("quality", float("nan")), m[key], m.get("bytes", float("nan")))
+                      for t in self.trials if t.feasible and (m := t.metrics.get(profile, {})).get(key) is not None}
+        return pareto_front(points, DIRECTIONS)
+
+    @property
+    def objective_profile(self) -> str:
+        return self.attrs.get("objective_profile") or ""
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+    def _figures(self, trial: TrialView, profile: str) -> dict[str, float]:
+        figures = dict(trial.metrics.get(profile, {}))
+        if profile == self.objective_profile and trial.values:
+            # What the study optimized (the same numbers as the objective profile's metrics, by construction).
+            figures.update(zip(("quality", "latency_p50_ms", "bytes"), trial.values.values(), strict=True))
+        return figures
+
+    def row(self, number: int, profile: str | None = None) -> FrontRow:
+        """Trial `number`'s figures on `profile` (default: the objective one) against the baseline's."""
+        profile = profile or self.objective_profile
+        t = self.trial(number)
+        figures = self._figures(t, profile)
+        base = self.baseline
+        base_figures = self._figures(base, profile) if base is not None and base.values else None
+        headline = {p: {k: m[k] for k in HEADLINE if k in m} for p, m in t.metrics.items()}
+        return FrontRow(number, profile, t.summary, figures, base_figures or None,
+                        find_key(figures, "latency_p50") or "latency_p50_ms", headline)
+
+    def front(self, profile: str | None = None) -> list[FrontRow]:
+        """The Pareto front of `profile` (default: the study's own), one row per point, ratios against
+        the baseline: the one place these are computed; show --json, the terminal, MLflow, the report
+        and the model card format them."""
+        return [self.row(n, profile) for n in self.pareto_numbers(profile)]
+
+    def to_json(self) -> dict[str, Any]:
+        base = self.baseline
+        quality_name = self.objective_names[0]
+        return {
+            "study": self.name,
+            "space": {k: self.attrs.get(k) for k in ("space_name", "space_file", "space_hash")},
+            "task": self.attrs.get("task"),
+            "quality_name": quality_name,
+            "objectives": [{"name": n, "direction": d} for n, d in zip(self.objective_names, DIRECTIONS, strict=True)],
+            "objective_profile": self.attrs.get("objective_profile"),
+            "constraint": {"name": CONSTRAINT_KEY, "max_quality_drop": self.attrs.get("max_quality_drop")},
+            "counts": self.counts(),
+            "baseline": None if base is None else {"trial": base.number, "values": base.values,
+                                                   "metrics": base.metrics},
+            "pareto": self.pareto_numbers(),
+            "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (search/remeasure.py)
+            "front": [r.to_json(quality_name) for r in self.front()],
+            "trials": [{
+                "number": t.number, "state": t.state, "baseline": t.baseline, "recipe": t.recipe,
+                "recipe_hash": t.recipe_hash, "summary": t.summary, "params": t.params, "values": t.values,
+                "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
+                "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
+                "artifact_dir": t.artifact_dir,
+            } for t in self.trials],
+        }
