@@ -12,8 +12,13 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.errors import UserError
+
+if TYPE_CHECKING:
+    from search.options import RunOptions
+    from search.space import SearchSpace
 
 EXIT_USAGE = 2
 
@@ -51,17 +56,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in dims:
         print(f"    {line}")
     print(f"  bit-widths searched for {n_bits} layer(s)")
+    if args.explain:
+        print("keys (what each allows, its default, what it does):")
+        for line in space.explain():
+            print(f"  {line}")
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from search.driver import RunOptions, default_tracking_uri, run
-    from search.space import load_space
-    from search.study.progress import front_table
+def run_options(args: argparse.Namespace, space: SearchSpace) -> RunOptions:
+    """The typed options of `compsearch run`: the space's values, overridden by flags."""
+    from search.driver import default_tracking_uri
+    from search.options import RunOptions
     from search.units import parse_duration, parse_size
 
     results_dir = _results_dir(args)
-    space = load_space(args.space, results_dir / "cache" / "models")
     timeout_s = space.timeout_s
     if args.timeout is not None:
         try:
@@ -79,11 +87,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             trial_memory = parse_size(args.trial_memory)
     except ValueError as exc:
         raise UserError(f"--trial-timeout/--trial-memory: {exc}") from None
-    options = RunOptions(study=args.study or space.name, trials=trials, timeout_s=timeout_s,
-                         storage=_storage(args), tracking_uri=args.tracking_uri or default_tracking_uri(results_dir),
-                         results_dir=results_dir, seed=args.seed, quiet=args.quiet, workers=args.workers,
-                         trial_timeout_s=trial_timeout_s, trial_memory_bytes=trial_memory,
-                         worker_index=args.worker_index, remeasure=not args.no_remeasure)
+    # A worker started by --workers gets the coordinator's values as numbers (search/workers.py).
+    if args.timeout_s is not None:
+        timeout_s = args.timeout_s
+    if args.trial_timeout_s is not None:
+        trial_timeout_s = args.trial_timeout_s
+    if args.trial_memory_bytes is not None:
+        trial_memory = args.trial_memory_bytes
+    return RunOptions(study=args.study or space.name, trials=trials, timeout_s=timeout_s,
+                      storage=_storage(args), tracking_uri=args.tracking_uri or default_tracking_uri(results_dir),
+                      results_dir=results_dir, seed=args.seed, quiet=args.quiet, workers=args.workers,
+                      trial_timeout_s=trial_timeout_s, trial_memory_bytes=trial_memory,
+                      worker_index=args.worker_index, remeasure=not args.no_remeasure)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.driver import run
+    from search.space import load_space
+    from search.study.progress import front_table
+
+    space = load_space(args.space, _results_dir(args) / "cache" / "models")
+    options = run_options(args, space)
     view = run(space, options)
     if not args.quiet and args.worker_index is None:
         print()
@@ -193,11 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-remeasure", action="store_true",
                    help="skip re-timing the Pareto candidates with a longer run at the end")
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
+    p.add_argument("--timeout-s", type=float, help=argparse.SUPPRESS)  # likewise, typed: seconds
+    p.add_argument("--trial-timeout-s", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--trial-memory-bytes", type=int, help=argparse.SUPPRESS)
     common(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a space without running it")
     p.add_argument("space")
+    p.add_argument("--explain", action="store_true",
+                   help="also print every key the space may hold: what it allows, its default and what it does")
     p.add_argument("--results-dir", default="results")
     p.set_defaults(func=cmd_validate)
 

@@ -83,7 +83,7 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
         state.artifact.program = export_program(model, task.example_inputs(), workdir / PROGRAM_FILE,
                                                 task.dynamic_shapes())
     # Graph optimisations of the exported model (e.g. ONNX Runtime's transformer fusion) go here:
-    # after export, before the ONNX-stage techniques, which then quantize the optimised graph.
+    # after export, before the ONNX-stage techniques, which then work on the optimised graph.
     for technique in REGISTRY.graph_order():
         config = recipe.get(technique.name)
         if config is not None:
@@ -98,13 +98,13 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
 
 def build_artifact(model: nn.Module, recipe: Recipe, task: Task, workdir: Path, program: bool = False,
                    seed: int = 0) -> Artifact:
-    """Compress `model` per `recipe`, export and quantize it: the deployable artifact in `workdir`."""
+    """Compress `model` per `recipe` and export it: the deployable artifact in `workdir`."""
     return finish(build_student(model, recipe, task, seed), recipe, workdir, program)
 
 
 def _notes_for(name: str, notes: dict[str, dict]) -> dict:
-    """Notes recorded under a layer's name or any of its ancestors (a factorized layer's halves
-    inherit the note of the layer they replaced)."""
+    """Notes recorded under a layer's name or any of its ancestors (the two halves of a layer split
+    in two inherit the note of the layer they replaced)."""
     parts = name.split(".")
     merged: dict = {}
     for i in range(1, len(parts) + 1):
@@ -115,7 +115,7 @@ def _notes_for(name: str, notes: dict[str, dict]) -> dict:
 @torch.no_grad()
 def describe_layers(state: CompressionState) -> dict[str, dict]:
     """What each layer became: shape, parameter count, sparsity, bit-width, ONNX node, and what the
-    techniques recorded for it (rank, skipped factorizations, channels kept, merged layers)."""
+    techniques recorded for it (rank, channels kept, merged layers, ...)."""
     model, notes = state.model, state.notes
     out = {}
     for info in discover_layers(model):

@@ -19,7 +19,6 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from optuna.trial import TrialState
 from hardware.environment import environment
 from hardware.profiles import make_backend
 from search.errors import UserError
+from search.options import RunOptions
 from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
 from search.space import SearchSpace
@@ -38,26 +38,10 @@ from search.study.tracking import Tracker
 from search.study.view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
 from search.tasks import TASKS
 from search.trial_runner import TrialFailure, TrialRunner
+from search.workers import launch_workers
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass
-class RunOptions:
-    study: str
-    trials: int
-    timeout_s: float | None
-    storage: str
-    tracking_uri: str
-    results_dir: Path
-    seed: int | None = None
-    quiet: bool = False
-    workers: int = 1
-    trial_timeout_s: float | None = None
-    trial_memory_bytes: int | None = None
-    worker_index: int | None = None  # set in the processes that --workers launches
-    remeasure: bool = True  # re-time the Pareto candidates with a longer run at the end
 
 
 def default_storage(results_dir: Path) -> str:
@@ -309,8 +293,6 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
             if coordinator and options.workers > 1:
-                from search.workers import launch_workers
-
                 workers = launch_workers(space.file, options, deadline)
             while deadline is None or time.monotonic() < deadline:
                 if not run_one_trial(study, objective, options, callbacks):

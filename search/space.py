@@ -45,6 +45,8 @@ def _profile_names(raw: object) -> list[str]:
     return names
 
 
+_DURATION = "a duration (90s, 30m, 8h, 1h30m) or seconds"
+
 # The top-level sections of a space file. Technique bodies are checked by each technique's own
 # rules and settings, task options by the task's OPTIONS: the same Rule, the same errors.
 SPACE_SCHEMA: dict[str, Rule] = {
@@ -72,11 +74,11 @@ SPACE_SCHEMA: dict[str, Rule] = {
     }),
     "budget": Rule("mapping", help="how much to run (changing it does not change the space's hash)", fields={
         "trials": Rule("int", default=20, minimum=1, help="trials of the whole study, baseline included"),
-        "timeout": Rule("duration", optional=True, parse=parse_duration,
+        "timeout": Rule("duration", optional=True, parse=parse_duration, text=_DURATION,
                         help="stop starting trials after this long (90s, 30m, 8h, 1h30m)"),
-        "trial_timeout": Rule("duration", optional=True, parse=parse_duration,
+        "trial_timeout": Rule("duration", optional=True, parse=parse_duration, text=_DURATION,
                               help="a trial running longer is killed and recorded as failed"),
-        "trial_memory": Rule("size", optional=True, parse=parse_size,
+        "trial_memory": Rule("size", optional=True, parse=parse_size, text="a size (512MB, 4GB, 2GiB) or bytes",
                              help="a trial whose process uses more memory (512MB, 4GB, 2GiB) is killed and failed"),
     }),
     "sampler": Rule("str", default="tpe", choices=SAMPLERS, help="Optuna's sampler"),

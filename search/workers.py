@@ -11,24 +11,24 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from search.driver import RunOptions
+from search.options import RunOptions
 
 
 def worker_command(space_file: str, options: RunOptions, index: int, timeout_s: float | None) -> list[str]:
+    """The worker's command line. Numbers travel as numbers (hidden flags: seconds as the shortest
+    float that reads back exactly, memory in bytes), never as a unit string parsed again."""
     cmd = [sys.executable, "-m", "search", "run", space_file, "--study", options.study,
            "--trials", str(options.trials), "--storage", options.storage, "--tracking-uri", options.tracking_uri,
            "--results-dir", str(options.results_dir), "--worker-index", str(index), "--quiet"]
     if options.seed is not None:
         cmd += ["--seed", str(options.seed)]
     if timeout_s is not None:
-        cmd += ["--timeout", f"{max(1, int(timeout_s))}s"]
+        cmd += ["--timeout-s", repr(max(0.0, float(timeout_s)))]  # what is left of the coordinator's
     if options.trial_timeout_s is not None:
-        cmd += ["--trial-timeout", f"{int(options.trial_timeout_s)}s"]
+        cmd += ["--trial-timeout-s", repr(float(options.trial_timeout_s))]
     if options.trial_memory_bytes is not None:
-        cmd += ["--trial-memory", f"{options.trial_memory_bytes // 2**20}MB"]
+        cmd += ["--trial-memory-bytes", str(int(options.trial_memory_bytes))]
     return cmd
 
 

@@ -73,8 +73,9 @@ class DigitsTask(Task):
                          help="cnn only: channels of the first conv; the second has twice as many"),
         "hidden": Rule("int", default=256, minimum=4, maximum=4096, searchable=False,
                        help="width of the first hidden layer; the second is half of it"),
-        "epochs": Rule("int", default=60, minimum=1, maximum=1000, searchable=False),
-        "seed": Rule("int", default=0, minimum=0, searchable=False),
+        "epochs": Rule("int", default=60, minimum=1, maximum=1000, searchable=False,
+                       help="training epochs of the uncompressed model (cached once trained)"),
+        "seed": Rule("int", default=0, minimum=0, searchable=False, help="seed of the data split and the training"),
     }
 
     @cached_property

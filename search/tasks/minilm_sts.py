@@ -117,11 +117,14 @@ class MiniLMSTSTask(Task):
                            help="tokens per sentence for evaluation (longer ones are truncated)"),
         "seq_len": Rule("int", default=64, minimum=2, maximum=512, searchable=False,
                         help="tokens per sentence in the latency query (batch size comes from the profile)"),
-        "calibration_sentences": Rule("int", default=128, minimum=8, searchable=False),
+        "calibration_sentences": Rule("int", default=128, minimum=8, searchable=False,
+                                      help="training sentences that calibrate int8 activation ranges"),
         "train_sentences": Rule("int", default=2048, minimum=8, searchable=False,
                                 help="training sentences per distillation epoch"),
-        "train_batch_size": Rule("int", default=32, minimum=1, searchable=False),
-        "train_max_length": Rule("int", default=64, minimum=8, maximum=512, searchable=False),
+        "train_batch_size": Rule("int", default=32, minimum=1, searchable=False,
+                                 help="sentences per fine-tuning batch"),
+        "train_max_length": Rule("int", default=64, minimum=8, maximum=512, searchable=False,
+                                 help="tokens per sentence when fine-tuning"),
     }
 
     def _opt(self, key: str) -> Any:

@@ -41,3 +41,18 @@ def test_bad_flags_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["show", "nope", "--results-dir", str(tmp_path)]) == 2
     assert "no Optuna storage at" in capsys.readouterr().err
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_validate_explain_prints_each_key_with_its_help(capsys) -> None:
+    from search.techniques import REGISTRY
+
+    assert main(["validate", str(ROOT / "spaces" / "digits_all.yaml"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "budget.trial_memory: a size (512MB, 4GB, 2GiB) or bytes (optional) - " in out
+    assert "task.options.hidden: an integer in [4, 4096] (default 256) - width of the first hidden layer" in out
+    assert "techniques.prune.ratio: a number in [0.0, 1.0); a value, a list or a range (required) - " in out
+    for name in ("factorize", "prune", "distill", "share", "quantize"):  # the techniques digits_all searches
+        technique = REGISTRY.named(name)
+        for key, rule in {**technique.rules, **technique.settings}.items():
+            assert f"techniques.{name}.{key}: " in out and rule.help in out, (name, key)
+    assert "other techniques (not in this space): transformer_prune" in out

@@ -130,3 +130,20 @@ def test_quantize_groups_share_one_bit_width(tmp_path: Path) -> None:
 def test_quantize_group_matching_nothing_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match=r"techniques.quantize.groups.attn: matches none of the searched layers"):
         load(tmp_path, with_change(("techniques", "quantize", "groups"), {"attn": "encoder.*"}))
+
+
+def test_sampled_numbers_keep_the_space_precision(tmp_path: Path) -> None:
+    """A stepped range gives the decimals the space wrote; an unstepped one is not cut to a few digits."""
+    import optuna
+
+    data = with_change(("techniques", "prune", "ratio"), {"low": 0.05, "high": 0.35, "step": 0.1})
+    data["techniques"]["distill"] = {"epochs": 1, "temperature": {"low": 1.0, "high": 1.0000001}}
+    space = load(tmp_path, data)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        trial = study.ask()
+        recipe = space.sample(trial)
+        assert recipe.get("prune").ratio in (0.05, 0.15, 0.25, 0.35)
+        assert recipe.get("distill").temperature == trial.params["distill.temperature"]
+        study.tell(trial, [0.0, 0.0, 0.0])

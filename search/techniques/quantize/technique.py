@@ -40,7 +40,8 @@ class Quantize(Technique):
         "calibration": Rule("str", default="minmax", choices=CALIBRATIONS, help="int8 PTQ range method"),
         "per_channel": Rule("bool", default=True, help="int8 PTQ weight scales per output channel"),
         "mode": Rule("str", default="ptq", choices=MODES, help="post-training or quantization-aware training"),
-        "qat_epochs": Rule("int", default=2, minimum=1, maximum=1000, help="fine-tuning epochs; only when mode is qat"),
+        "qat_epochs": Rule("int", default=2, minimum=1, maximum=1000,
+                           help="fine-tuning epochs through fake quantization"),
         "activations": Rule("str", default="static", choices=ACTIVATIONS,
                             help="int8 PTQ activation ranges: calibrated once (static) or per batch at run time "
                                  "(dynamic)"),
