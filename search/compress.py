@@ -2,8 +2,8 @@
 
     build_student   the student stages (techniques marked `student`: their output is a trained
                     fp32 model that depends only on the recipe up to them), on a copy of the model
-    finish          the other model-stage techniques, export to ONNX, the ONNX-stage techniques,
-                    then what each layer became
+    finish          the other model-stage techniques, export to ONNX, (the place reserved for
+                    graph optimisation), the ONNX-stage techniques, then what each layer became
     build_artifact  both, one after the other
 
 Both stages loop over the technique registry in its orders (search/techniques/registry.py);
