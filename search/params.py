@@ -8,6 +8,7 @@ In a space file a searchable key takes one of three forms:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +100,7 @@ def _check_scalar(file: str, key: str, rule: Rule, value: object) -> object:
             raise SpaceError(file, key, f"must be {rule.allowed()}{did_you_mean(value, rule.choices)}", value)
         return value
     # Numbers. YAML gives bool for `true`, which Python counts as int: refuse it explicitly.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpaceError(file, key, f"must be {rule.allowed()}", value)
     if rule.kind == "int" and not float(value).is_integer():
         raise SpaceError(file, key, f"must be {rule.allowed()}", value)
@@ -132,7 +133,8 @@ def parse_dimension(file: str, key: str, rule: Rule, raw: object) -> Dimension:
         if low > high:
             raise SpaceError(file, key, f"low <= high must hold, but got (low={low}, high={high})", show_given=False)
         step = raw.get("step")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0
+                                 or not math.isfinite(step)):
             raise SpaceError(file, f"{key}.step", "must be a number > 0", step)
         log = raw.get("log", False)
         if not isinstance(log, bool):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from hardware.base import Profile
 from hardware.profiles import load_profile
@@ -22,6 +22,7 @@ from search.errors import SpaceError, allowed_list, did_you_mean, one_of
 from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, parse_options
 from search.recipe import Recipe
+from search.safe_yaml import load_file
 from search.tasks import TASKS
 from search.tasks.loader import resolve_task
 from search.techniques import ORDER, PLANNED, TECHNIQUES
@@ -113,19 +114,7 @@ class SearchSpace:
 
 def parse_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpaceError(file, "", "no such file", None, show_given=False) from None
-    except OSError as exc:
-        raise SpaceError(file, "", f"cannot be read ({exc.strerror})", None, show_given=False) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise SpaceError(file, "", f"is not valid YAML{where}: {problem}", None, show_given=False) from None
+    raw = load_file(path, "space file")  # UTF-8, no duplicate keys, bounded aliases and depth, finite numbers
     if not isinstance(raw, dict):
         raise SpaceError(file, "", "must be a YAML mapping with keys " + allowed_list(TOP_KEYS), raw)
     return raw
@@ -196,7 +185,7 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
 
     constraints = _mapping(file, "constraints", top.get("constraints"), CONSTRAINT_KEYS)
     drop = constraints.get("max_quality_drop", 0.01)
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or drop < 0:
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop < math.inf:
         raise SpaceError(file, "constraints.max_quality_drop", "must be a number >= 0 (absolute quality drop)", drop)
 
     budget = _mapping(file, "budget", top.get("budget"), BUDGET_KEYS)
