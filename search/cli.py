@@ -12,10 +12,24 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from search.errors import UserError
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (`--help` prints the usage), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("compsearch").strip()
+        if message.endswith("expected one argument"):
+            option = message.split()[1].rstrip(":") if message.startswith("argument ") else "--OPTION"
+            message += f" (a value that starts with '-' is written {option.split('/')[0]}=VALUE)"
+        where = f"{command}: " if command else ""
+        line = " ".join(message.split())[:300]
+        self.exit(EXIT_USAGE, f"compsearch: error: {where}{line} (see {self.prog} --help)\n")
 
 
 def _results_dir(args: argparse.Namespace) -> Path:
@@ -58,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import RunOptions, default_tracking_uri, run
     from search.progress import front_table
     from search.space import load_space
+    from search.study_paths import check_study_name
     from search.units import parse_duration, parse_size
 
     results_dir = _results_dir(args)
@@ -72,14 +87,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if trials < 1:
         raise UserError(f"--trials must be >= 1, but got {trials}")
     trial_timeout_s, trial_memory = space.trial_timeout_s, space.trial_memory_bytes
-    try:
-        if args.trial_timeout is not None:
-            trial_timeout_s = parse_duration(args.trial_timeout)
-        if args.trial_memory is not None:
-            trial_memory = parse_size(args.trial_memory)
-    except ValueError as exc:
-        raise UserError(f"--trial-timeout/--trial-memory: {exc}") from None
-    options = RunOptions(study=args.study or space.name, trials=trials, timeout_s=timeout_s,
+    for flag, value, parse in (("--trial-timeout", args.trial_timeout, parse_duration),
+                               ("--trial-memory", args.trial_memory, parse_size)):
+        if value is None:
+            continue
+        try:
+            parsed = parse(value)
+        except ValueError as exc:
+            raise UserError(f"{flag}: {exc}") from None
+        if flag == "--trial-timeout":
+            trial_timeout_s = parsed
+        else:
+            trial_memory = parsed
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1], but got {args.seed}")
+    study = check_study_name(args.study if args.study is not None else space.name,
+                             "--study" if args.study is not None else f"{space.file}: name")
+    options = RunOptions(study=study, trials=trials, timeout_s=timeout_s,
                          storage=_storage(args), tracking_uri=args.tracking_uri or default_tracking_uri(results_dir),
                          results_dir=results_dir, seed=args.seed, quiet=args.quiet, workers=args.workers,
                          trial_timeout_s=trial_timeout_s, trial_memory_bytes=trial_memory,
@@ -129,10 +153,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
-    from search.export_card import export_trial
+    from search.export_card import export_paths, export_trial
 
+    out, _ = export_paths(args.out, args.study, args.trial)  # before anything is read or written
     view = view_from_storage(args.study, _storage(args))
-    out = export_trial(view, args.trial, Path(args.out))
+    out = export_trial(view, args.trial, out)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
@@ -171,7 +196,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compsearch", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="compsearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -214,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write one trial's deployable artifact and a model card")
     p.add_argument("study")
     p.add_argument("--trial", type=int, required=True)
-    p.add_argument("--out", required=True, help="path of the .onnx file to write")
+    p.add_argument("--out", required=True,
+                   help="the .onnx file to write (its model card goes beside it as .md), or a directory")
     common(p)
     p.set_defaults(func=cmd_export)
 

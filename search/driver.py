@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import time
 import warnings
@@ -34,6 +33,7 @@ from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
 from search.space import SearchSpace
 from search.storage import open_storage, storage_takes_parallel_writers
+from search.study_paths import remove_inside, study_dir
 from search.study_view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
 from search.tasks import TASKS
 from search.tracking import Tracker
@@ -126,7 +126,7 @@ class Objective:
         self.space, self.runner, self.results_dir = space, runner, results_dir
 
     def trial_dir(self, study: optuna.Study, number: int) -> Path:
-        return self.results_dir / "studies" / study.study_name / f"trial-{number}"
+        return study_dir(self.results_dir, study.study_name) / f"trial-{number}"
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         baseline = bool(trial.user_attrs.get("baseline"))
@@ -135,8 +135,7 @@ class Objective:
         trial.set_user_attr("recipe_hash", recipe.hash)
         trial.set_user_attr("summary", recipe.summary())
         workdir = self.trial_dir(trial.study, trial.number)
-        if workdir.exists():
-            shutil.rmtree(workdir)  # left by an interrupted attempt with the same number
+        remove_inside(self.results_dir, workdir)  # left by an interrupted attempt with the same number
         trial.set_user_attr("artifact_dir", str(workdir))
         cached = _measured_before(trial.study, recipe.hash, trial.number)
         if cached is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def _layers(trial: TrialView) -> list[str]:
         cells = [name, *(cell(info.get(c)) for c in columns), *(trial.kernels[p].get(name, "-") for p in profiles)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def export_paths(out: str, study: str, number: int) -> tuple[Path, Path]:
+    """Where `--out` puts the ONNX file and its card; checked before anything is written.
+
+    `--out` names a `.onnx` file (the card goes beside it as `.md`, never over the model) or a
+    directory (an existing one, or any path ending in `/`), where both get a name from the study
+    and trial. Anything that is not a regular file where a file is to be written is refused."""
+    from search.study_paths import study_folder
+
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        path = path / f"{study_folder(study)}-trial-{number}.onnx"
+    elif path.suffix.lower() != ".onnx":
+        raise UserError(f"--out must be a path ending in .onnx (the model card is written beside it as .md) or a "
+                        f"directory, but got {out!r}")
+    card = path.with_suffix(".md")
+    for target in (path, card):
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise UserError(f"--out: {target} exists and is not a regular file; refusing to write there")
+    return path, card
 
 
 def export_trial(view: StudyView, number: int, out: Path) -> Path:
