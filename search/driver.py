@@ -338,8 +338,11 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
     finally:
         runner.close()
         if coordinator:
-            view = StudyView.load(study)
-            tracker.log_front(view, logged)
+            try:
+                tracker.log_front(StudyView.load(study), logged)
+            except BaseException:  # the parent run is closed whatever logging the front met
+                tracker.close_parent("FAILED" if status == "FINISHED" else status)
+                raise
             tracker.close_parent(status)
             progress.say(tracker.cost_summary())
     if status == "KILLED":

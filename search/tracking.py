@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from search.mlflow_names import safe_key
 from search.study_view import StudyView, TrialView
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -190,7 +191,7 @@ class Tracker:
         ts = int(view.start_ms or 0)
         tags["recipe_json"] = json.dumps(view.recipe)[:TAG_MAX]
         batch = {"params": [Param(k[:250], str(v)[:PARAM_MAX]) for k, v in params.items()],
-                 "metrics": [Metric(k, float(v), ts, 0) for k, v in view.flat_metrics().items()],
+                 "metrics": [Metric(safe_key(k), float(v), ts, 0) for k, v in view.flat_metrics().items()],
                  "tags": [RunTag(k, v) for k, v in tags.items() if v is not None]}
         layers = artifact_dir / "layers.json" if artifact_dir is not None else None
         end = int(view.start_ms + view.duration_s * 1000) if view.start_ms and view.duration_s else None
@@ -203,11 +204,18 @@ class Tracker:
 
     def _finish_child(self, run_id: str, batch: dict[str, list[Any]], recipe: dict[str, Any],
                       layers: Path | None, status: str, end: int | None) -> None:
-        """The writer's part of a child; terminating it last marks it complete (see logged_trials)."""
-        self.client.log_batch(run_id, **batch)
-        self.client.log_dict(run_id, recipe, "recipe.json")
-        if layers is not None and layers.exists():
-            self.client.log_artifact(run_id, str(layers))
+        """The writer's part of a child; terminating it last marks it complete (see logged_trials).
+
+        A child is terminated even when logging it failed (FAILED then, with the error re-raised):
+        a RUNNING child would otherwise stay behind forever."""
+        try:
+            self.client.log_batch(run_id, **batch)
+            self.client.log_dict(run_id, recipe, "recipe.json")
+            if layers is not None and layers.exists():
+                self.client.log_artifact(run_id, str(layers))
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED", end_time=end)
+            raise
         self.client.set_terminated(run_id, status=status, end_time=end)
 
     @_timed
@@ -249,7 +257,8 @@ class Tracker:
             metrics += [Metric(f"baseline.{p}.{k}", float(v), 0, 0)
                         for p, m in base.metrics.items() for k, v in m.items()]
         metrics += self._cost_metrics()
-        self.client.log_batch(self.parent_id, metrics=metrics)
+        self.client.log_batch(self.parent_id, metrics=[Metric(safe_key(m.key), m.value, m.timestamp, m.step)
+                                                       for m in metrics])
 
     def _log_front_table(self, rows: list[dict[str, Any]]) -> None:
         """The front in MLflow's table format (`log_table`'s "split" JSON), replaced on every run.
