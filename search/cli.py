@@ -70,6 +70,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import RunOptions, default_tracking_uri, run
+    from search.preflight import check_run
     from search.progress import front_table
     from search.space import load_space
     from search.study_paths import check_study_name
@@ -108,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          results_dir=results_dir, seed=args.seed, quiet=args.quiet, workers=args.workers,
                          trial_timeout_s=trial_timeout_s, trial_memory_bytes=trial_memory,
                          worker_index=args.worker_index, remeasure=not args.no_remeasure)
+    check_run(results_dir, options.storage, options.tracking_uri)  # before anything is written
     view = run(space, options)
     if not args.quiet and args.worker_index is None:
         print()

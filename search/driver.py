@@ -254,7 +254,10 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
     for profile in space.profiles:  # fails before anything is written
         make_backend(profile)
     _check_workers(options)
-    options.results_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        options.results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--results-dir {options.results_dir}: cannot create it ({exc.strerror})") from None
     study = open_study(space, options)
     coordinator = options.worker_index is None
     tracker = Tracker(options.tracking_uri, space.name, options.results_dir / "mlartifacts")
@@ -356,6 +359,9 @@ def require_existing_storage(storage: str) -> None:
         path = Path(storage.removeprefix("sqlite:///"))
         if not path.exists():
             raise UserError(f"no Optuna storage at {path} (run a study first, or pass --storage / --results-dir)")
+        from search.preflight import check_sqlite_file
+
+        check_sqlite_file(path, "--storage", "an Optuna database", for_writing=False)
 
 
 def view_from_storage(study_name: str, storage: str) -> StudyView:

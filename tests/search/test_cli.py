@@ -41,3 +41,24 @@ def test_bad_flags_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["show", "nope", "--results-dir", str(tmp_path)]) == 2
     assert "no Optuna storage at" in capsys.readouterr().err
     assert not (tmp_path / "optuna.db").exists()
+
+
+DIGITS = str(ROOT / "spaces" / "digits.yaml")
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["run", DIGITS, "--trials", "abc"], "run: argument --trials: invalid int value: 'abc'"),
+    (["run", DIGITS, "--trial-memory", "-5GB"], "--trial-memory=VALUE"),
+    (["run", DIGITS, "--trial-memory=-5GB"], "--trial-memory: a memory size looks like"),
+    (["run", DIGITS, "--seed", "-1"], "--seed must be in"),
+    (["export", "s"], "the following arguments are required: --trial, --out"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_usage_mistakes_are_one_line(argv: list[str], fragment: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        code = main([*argv, "--results-dir", str(tmp_path)] if argv[0] != "frobnicate" else argv)
+        raise SystemExit(code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not any(tmp_path.iterdir())
