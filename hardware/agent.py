@@ -40,22 +40,37 @@ SHAPE_OPS = {"Shape", "Reshape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Ca
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 
+def open_lock_file(path: str):  # noqa: ANN201 - a binary file object
+    """Open (or create, 0600) a lock file without following a link planted at its name."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open the lock file {path} ({exc.strerror}; a link there is "
+                                 "never followed)") from None
+    return os.fdopen(fd, "r+b")
+
+
 @contextlib.contextmanager
-def measurement_lock(path: str | None) -> Iterator[None]:
+def measurement_lock(path: str | None, waited: dict[str, float] | None = None) -> Iterator[None]:
     """Exclusive host lock around timing (see hardware/lock.py for the compute side).
 
     The turnstile gives a waiting measurement priority over new compute slots, which hold
     the main lock shared; flock locks die with their holder, so a crash never wedges a host.
+    `waited`, if given, receives the seconds spent waiting for the lock (`lock_wait_s`).
     """
     if not path:
         yield
         return
     import fcntl
 
-    with open(path + ".turn", "a+") as turn, open(path, "a+") as main:
+    start = time.perf_counter()
+    with open_lock_file(path + ".turn") as turn, open_lock_file(path) as main:
         fcntl.flock(turn, fcntl.LOCK_EX)
         try:
             fcntl.flock(main, fcntl.LOCK_EX)
+            if waited is not None:
+                waited["lock_wait_s"] = waited.get("lock_wait_s", 0.0) + time.perf_counter() - start
             try:
                 yield
             finally:
@@ -160,10 +175,11 @@ def measure_loop(run_once: Callable[[], object], settings: dict[str, Any], threa
     the closest to the quiet figure (and `contended` stays true). Every attempt's p50 is kept.
     """
     attempts: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    waited = {"lock_wait_s": 0.0}
     for attempt in range(max(1, int(settings.get("max_attempts", 3)))):
         if attempt:
             time.sleep(float(settings.get("retry_wait_s", 1.0)))
-        with measurement_lock(lock), HostWatch() as watch:
+        with measurement_lock(lock, waited), HostWatch() as watch:
             samples, duration = time_queries(
                 run_once, float(settings.get("warmup_s", 0.2)), int(settings.get("warmup_queries", 20)),
                 int(settings.get("min_queries", 200)), float(settings.get("min_duration_s", 1.0)),
@@ -175,6 +191,7 @@ def measure_loop(run_once: Callable[[], object], settings: dict[str, Any], threa
             break
     latency, host = min(attempts, key=lambda a: (a[1]["contended"], a[0]["p50_ms"]))
     host["attempts"] = len(attempts)
+    host["lock_wait_s"] = round(waited["lock_wait_s"], 3)
     host["attempt_p50_ms"] = [a[0]["p50_ms"] for a in attempts]
     return {"latency": latency, "host": host}
 

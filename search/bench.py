@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,27 @@ def run_remote(command: str, timeout_s: float) -> dict[str, Any]:
     return result
 
 
-def bench_artifact(path: Path, profile_name: str, remote: str | None = None) -> dict[str, Any]:
+def _say_if_lock_busy(say: Callable[[str], None]) -> None:
+    """Tell the user before a wait that may last minutes (another search compressing or timing here)."""
+    import fcntl
+
+    from hardware.agent import open_lock_file
+    from hardware.lock import lock_path
+
+    path = lock_path()
+    if path is None:
+        return
+    with open_lock_file(str(path)) as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        except BlockingIOError:
+            say(f"waiting for the host's timing lock ({path}): another measurement or compression on this host "
+                "holds it, and timing beside it would be wrong")
+
+
+def bench_artifact(path: Path, profile_name: str, remote: str | None = None,
+                   say: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     _check_onnx(path)
     # A remote target's runtime is not this host's: check the profile, not its provider here.
     profile = load_profile(profile_name, where="--hardware", key="profile", check=remote is None)
@@ -90,6 +111,7 @@ def bench_artifact(path: Path, profile_name: str, remote: str | None = None) -> 
                    placement=result.get("placement"), environment=result["environment"])
         return out
     make_backend(profile)
+    _say_if_lock_busy(say)
     timing = time_onnx(path, profile, None, profile.measure)
     out.update(session_init_s=timing.session_init_s, first_run_ms=timing.first_run_ms,
                latency=timing.latency.__dict__, host=timing.host, peak_rss_mb=timing.peak_rss_mb,

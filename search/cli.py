@@ -181,7 +181,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from search.bench import bench_artifact
 
-    result = bench_artifact(Path(args.artifact), args.hardware, remote=args.remote)
+    result = bench_artifact(Path(args.artifact), args.hardware, remote=args.remote,
+                            say=lambda line: print(line, file=sys.stderr, flush=True))
+    waited = float(result.get("host", {}).get("lock_wait_s") or 0.0)
+    if waited >= 0.1:
+        print(f"waited {waited:.1f} s for the host's timing lock", file=sys.stderr)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
