@@ -301,14 +301,31 @@ def random_feeds(session: Any, batch_size: int, sequence_length: int = 0, seed: 
     return feeds
 
 
+def parse_provider_options(text: str) -> dict[str, Any]:
+    """A JSON object, or `key=value,key=value` (no quotes or braces: survives a remote shell's parse)."""
+    text = (text or "").strip()
+    if not text or text.startswith("{"):
+        return json.loads(text or "{}")
+    out: dict[str, Any] = {}
+    for pair in text.split(","):
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def measure_onnx(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
 
     if args.provider not in ort.get_available_providers():
         raise PlacementError(f"provider {args.provider} is not available in this onnxruntime "
                              f"(available: {', '.join(ort.get_available_providers())})")
+    # `-`: the model arrives on standard input, so its file name never passes through a shell.
+    model: Any = sys.stdin.buffer.read() if args.model == "-" else args.model
     t0 = time.perf_counter()
-    session = ort_session(args.model, args.provider, json.loads(args.provider_options or "{}"), args.threads,
+    session = ort_session(model, args.provider, parse_provider_options(args.provider_options), args.threads,
                           args.graph_optimization)
     session_init_s = time.perf_counter() - t0
     placement = check_placement(session, args.provider)
@@ -334,9 +351,9 @@ def measure_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Time one ONNX model on ONNX Runtime; print JSON.")
-    p.add_argument("model")
+    p.add_argument("model", help="the .onnx file, or - to read the model from standard input")
     p.add_argument("--provider", default="CPUExecutionProvider")
-    p.add_argument("--provider-options", default="", help="JSON object of provider options")
+    p.add_argument("--provider-options", default="", help="provider options: a JSON object or key=value,key=value")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = runtime default)")
     p.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
     p.add_argument("--batch-size", type=int, default=1)
