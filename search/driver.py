@@ -27,6 +27,8 @@ from optuna.trial import TrialState
 
 from hardware.environment import environment
 from hardware.profiles import make_backend
+from search.budget import counts as counts_on_budget
+from search.budget import used as budget_used
 from search.errors import UserError
 from search.progress import Progress
 from search.recipe import Recipe
@@ -188,8 +190,7 @@ def run_one_trial(study: optuna.Study, objective: Objective, options: RunOptions
     """Ask for one trial under the budget lock, evaluate it, tell the result. False when the budget is spent."""
     recover_stale_trials(study)  # a worker that died beside us: its trial is retried
     with budget_lock(options.storage, study.study_name):
-        started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-        if len(started) >= options.trials:
+        if budget_used(study.get_trials(deepcopy=False)) >= options.trials:  # interrupted trials are free
             return False
         with warnings.catch_warnings():
             # Optuna's heartbeat is meant for Study.optimize; this loop beats itself (start_heartbeat).
@@ -236,10 +237,6 @@ def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callabl
         recover_stale_trials(study)
 
 
-def _finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED))
-
-
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -283,8 +280,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
         if not worker_alive(str(t.user_attrs.get("worker", ""))):  # a live worker logs its own
             log_new(t)
 
-    done_before = _finished(study)
-    started_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
+    done_before = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if counts_on_budget(t))
+    started_before = budget_used(study.get_trials(deepcopy=False))
     planned = max(0, options.trials - started_before)
     progress = Progress(total=options.trials, done_before=done_before, quiet=options.quiet,
                         timeout_s=options.timeout_s, quality_name=TASKS[space.task_name].quality_name)
