@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -40,6 +41,12 @@ def _storage(args: argparse.Namespace) -> str:
     from search.driver import default_storage
 
     return args.storage or default_storage(_results_dir(args))
+
+
+def _tracking(args: argparse.Namespace) -> str:
+    from search.driver import default_tracking_uri
+
+    return getattr(args, "tracking_uri", None) or default_tracking_uri(_results_dir(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -74,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.progress import front_table
     from search.space import load_space
     from search.study_paths import check_study_name
+    from search.tracking import is_server
     from search.units import parse_duration, parse_size
 
     results_dir = _results_dir(args)
@@ -115,8 +123,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print()
         print(front_table(view))
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
-        print(f"\nstudy {view.name!r}: {counts}. Details: compsearch show {view.name} --json; "
-              f"MLflow UI: mlflow ui --backend-store-uri {options.tracking_uri}")
+        q = shlex.quote
+        where = f"--storage {q(options.storage)}"
+        print(f"\nstudy {view.name!r}: {counts}.\n"
+              f"  details:     compsearch show {q(view.name)} --json {where}\n"
+              f"  report:      compsearch report {q(view.name)} {where} --results-dir {q(str(results_dir))} "
+              f"--tracking-uri {q(options.tracking_uri)}   (recommended picks in report.html)\n"
+              + (f"  MLflow UI:   {options.tracking_uri}" if is_server(options.tracking_uri) else
+                 f"  MLflow UI:   mlflow ui --backend-store-uri {q(options.tracking_uri)}"))
     return 0
 
 
@@ -156,9 +170,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
     from search.export_card import export_paths, export_trial
+    from search.fetch import localize
 
     out, _ = export_paths(args.out, args.study, args.trial)  # before anything is read or written
     view = view_from_storage(args.study, _storage(args))
+    # Run on another machine: its files come from the MLflow artifact store.
+    localize(view, [args.trial], _tracking(args), _results_dir(args), ("model.onnx", "layers.json"))
     out = export_trial(view, args.trial, out)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
@@ -166,11 +183,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
+    from search.fetch import localize
     from search.report import default_out_dir, write_report
 
     if args.latency_budget is not None and not args.latency_budget > 0:
         raise UserError(f"--latency-budget must be > 0 (milliseconds), but got {args.latency_budget}")
     view = view_from_storage(args.study, _storage(args))
+    feasible = [t.number for t in view.trials if t.feasible]  # picks come from these; their layer tables
+    localize(view, feasible, _tracking(args), _results_dir(args), ("layers.json",))
     out = Path(args.out) if args.out else default_out_dir(_results_dir(args), view.name)
     paths = write_report(view, out, args.latency_budget)
     print(f"wrote {paths['html']} (open it in a browser), {paths['markdown'].name}, "
@@ -209,12 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results-dir", default="results", help="where runs write (default: results)")
         p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS_DIR/optuna.db)")
 
+    def tracking(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db); "
+                                              "export and report fetch a trial's files from it when this "
+                                              "machine's results lack them")
+
     p = sub.add_parser("run", help="run or resume a search over a space")
     p.add_argument("space", help="path to a space YAML file, e.g. spaces/digits.yaml")
     p.add_argument("--study", help="study name (default: the space's name); the same name resumes")
     p.add_argument("--trials", type=int, help="trial budget for the whole study (default: the space's budget)")
     p.add_argument("--timeout", help="stop starting new trials after this long, e.g. 30m, 8h")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
+    tracking(p)
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--workers", type=int, default=1,
@@ -247,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, required=True)
     p.add_argument("--out", required=True,
                    help="the .onnx file to write (its model card goes beside it as .md), or a directory")
+    tracking(p)
     common(p)
     p.set_defaults(func=cmd_export)
 
@@ -256,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-budget", type=float, metavar="MS",
                    help="p50 budget in ms for the 'best quality within a latency budget' pick "
                         "(default: the baseline's p50)")
+    tracking(p)
     common(p)
     p.set_defaults(func=cmd_report)
 

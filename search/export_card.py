@@ -100,7 +100,9 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
         raise UserError(f"trial {number} of study {view.name!r} is {trial.state}, not COMPLETE: nothing to export")
     source = Path(trial.artifact_dir) / "model.onnx"
     if not source.exists():
-        raise UserError(f"{source}: the trial's artifact is gone (was the results directory cleaned?)")
+        raise UserError(f"trial {number}'s model is neither in this machine's results ({source}) nor in the MLflow "
+                        "artifact store of --tracking-uri: export on the machine that ran it, or run the search with a "
+                        "tracking server (README: Several machines)")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out)
     base = view.baseline
