@@ -60,7 +60,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     n_bits = len(space.technique_layers(q_layers[0])) if q_layers else 0
     dims = space.dimension_lines()
     print(f"{space.file}: valid")
-    print(f"  space {space.name!r} (hash {space.hash}), task {space.task_name} "
+    from search.study_paths import check_study_name, study_dir
+
+    check_study_name(space.name, f"{space.file}: name")
+    print(f"  space {space.name!r} (hash {space.hash}); a study of it writes to "
+          f"{study_dir(_results_dir(args), space.name)}/")
+    print(f"  task {space.task_name} "
           f"({', '.join(f'{k}={v}' for k, v in space.task_options.items())})")
     print("  hardware: " + ", ".join(p.name + (" (objective)" if p.name == space.objective_profile else "")
                                      for p in space.profiles))
@@ -215,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"{args.artifact} on {args.hardware}{where}: p50 {lat['p50_ms']:.4f} ms "
               f"[{lat['ci_low_ms']:.4f}, {lat['ci_high_ms']:.4f}] ({lat['confidence']:.0%} CI), "
               f"p90 {lat['p90_ms']:.4f} ms, p99 {lat['p99_ms']:.4f} ms over {lat['queries']} queries; "
-              f"{result['bytes']} bytes; peak {result['peak_rss_mb']:.0f} MB; "
+              f"{result['bytes']} bytes; peak {result['peak_rss_mb']:.0f} MiB; "
               f"{'CONTENDED' if host['contended'] else 'quiet'} host ({host['other_cpu_cores'] or 0:.2f} other "
               f"cores busy, {host['attempts']} attempt(s))")
     return 0

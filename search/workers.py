@@ -28,7 +28,7 @@ def worker_command(space_file: str, options: RunOptions, index: int, timeout_s: 
     if options.trial_timeout_s is not None:
         cmd += ["--trial-timeout", f"{int(options.trial_timeout_s)}s"]
     if options.trial_memory_bytes is not None:
-        cmd += ["--trial-memory", f"{options.trial_memory_bytes // 2**20}MB"]
+        cmd += ["--trial-memory", f"{options.trial_memory_bytes}"]
     return cmd
 
 
