@@ -77,8 +77,9 @@ def test_export_and_report_from_another_node_through_the_mlflow_server(mlflow_se
     (tmp_path / "shared").mkdir()
     node_a, node_b = tmp_path / "node-a", tmp_path / "node-b"
     common = ["--storage", storage, "--tracking-uri", mlflow_server]
-    assert main(["run", str(space), "--results-dir", str(node_a), "--seed", "0", "--quiet", "--no-remeasure",
-                 *common]) == 0
+    assert main(["run", str(space), "--results-dir", str(node_a), "--seed", "0", "--no-remeasure", *common]) == 0
+    hint = capsys.readouterr().out.split("\nstudy 'nodes'", 1)[1]  # the closing lines name the stores it used
+    assert f"compsearch show nodes --json --storage {storage}" in hint and f"--tracking-uri {mlflow_server}" in hint
     original = (node_a / "studies" / "nodes" / "trial-1" / "model.onnx").read_bytes()
     shutil.move(node_a, tmp_path / "elsewhere")  # node A's disk, out of node B's reach
 
