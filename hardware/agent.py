@@ -40,22 +40,37 @@ SHAPE_OPS = {"Shape", "Reshape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Ca
 GRAPH_OPTIMIZATIONS = ("disable", "basic", "extended", "all")
 
 
+def open_lock_file(path: str):  # noqa: ANN201 - a binary file object
+    """Open (or create, 0600) a lock file without following a link planted at its name."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open the lock file {path} ({exc.strerror}; a link there is "
+                                 "never followed)") from None
+    return os.fdopen(fd, "r+b")
+
+
 @contextlib.contextmanager
-def measurement_lock(path: str | None) -> Iterator[None]:
+def measurement_lock(path: str | None, waited: dict[str, float] | None = None) -> Iterator[None]:
     """Exclusive host lock around timing (see hardware/lock.py for the compute side).
 
     The turnstile gives a waiting measurement priority over new compute slots, which hold
     the main lock shared; flock locks die with their holder, so a crash never wedges a host.
+    `waited`, if given, receives the seconds spent waiting for the lock (`lock_wait_s`).
     """
     if not path:
         yield
         return
     import fcntl
 
-    with open(path + ".turn", "a+") as turn, open(path, "a+") as main:
+    start = time.perf_counter()
+    with open_lock_file(path + ".turn") as turn, open_lock_file(path) as main:
         fcntl.flock(turn, fcntl.LOCK_EX)
         try:
             fcntl.flock(main, fcntl.LOCK_EX)
+            if waited is not None:
+                waited["lock_wait_s"] = waited.get("lock_wait_s", 0.0) + time.perf_counter() - start
             try:
                 yield
             finally:
@@ -160,10 +175,11 @@ def measure_loop(run_once: Callable[[], object], settings: dict[str, Any], threa
     the closest to the quiet figure (and `contended` stays true). Every attempt's p50 is kept.
     """
     attempts: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    waited = {"lock_wait_s": 0.0}
     for attempt in range(max(1, int(settings.get("max_attempts", 3)))):
         if attempt:
             time.sleep(float(settings.get("retry_wait_s", 1.0)))
-        with measurement_lock(lock), HostWatch() as watch:
+        with measurement_lock(lock, waited), HostWatch() as watch:
             samples, duration = time_queries(
                 run_once, float(settings.get("warmup_s", 0.2)), int(settings.get("warmup_queries", 20)),
                 int(settings.get("min_queries", 200)), float(settings.get("min_duration_s", 1.0)),
@@ -175,6 +191,7 @@ def measure_loop(run_once: Callable[[], object], settings: dict[str, Any], threa
             break
     latency, host = min(attempts, key=lambda a: (a[1]["contended"], a[0]["p50_ms"]))
     host["attempts"] = len(attempts)
+    host["lock_wait_s"] = round(waited["lock_wait_s"], 3)
     host["attempt_p50_ms"] = [a[0]["p50_ms"] for a in attempts]
     return {"latency": latency, "host": host}
 
@@ -284,14 +301,31 @@ def random_feeds(session: Any, batch_size: int, sequence_length: int = 0, seed: 
     return feeds
 
 
+def parse_provider_options(text: str) -> dict[str, Any]:
+    """A JSON object, or `key=value,key=value` (no quotes or braces: survives a remote shell's parse)."""
+    text = (text or "").strip()
+    if not text or text.startswith("{"):
+        return json.loads(text or "{}")
+    out: dict[str, Any] = {}
+    for pair in text.split(","):
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def measure_onnx(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime as ort
 
     if args.provider not in ort.get_available_providers():
         raise PlacementError(f"provider {args.provider} is not available in this onnxruntime "
                              f"(available: {', '.join(ort.get_available_providers())})")
+    # `-`: the model arrives on standard input, so its file name never passes through a shell.
+    model: Any = sys.stdin.buffer.read() if args.model == "-" else args.model
     t0 = time.perf_counter()
-    session = ort_session(args.model, args.provider, json.loads(args.provider_options or "{}"), args.threads,
+    session = ort_session(model, args.provider, parse_provider_options(args.provider_options), args.threads,
                           args.graph_optimization)
     session_init_s = time.perf_counter() - t0
     placement = check_placement(session, args.provider)
@@ -317,9 +351,9 @@ def measure_onnx(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Time one ONNX model on ONNX Runtime; print JSON.")
-    p.add_argument("model")
+    p.add_argument("model", help="the .onnx file, or - to read the model from standard input")
     p.add_argument("--provider", default="CPUExecutionProvider")
-    p.add_argument("--provider-options", default="", help="JSON object of provider options")
+    p.add_argument("--provider-options", default="", help="provider options: a JSON object or key=value,key=value")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = runtime default)")
     p.add_argument("--graph-optimization", choices=GRAPH_OPTIMIZATIONS, default="all")
     p.add_argument("--batch-size", type=int, default=1)

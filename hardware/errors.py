@@ -7,7 +7,18 @@ with status 2.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+
+ECHO_MAX = 100  # characters of a given value an error shows: input may be huge or hostile
+
+
+def short_repr(value: object) -> str:
+    """repr() bounded in size and in work (an alias bomb or a megabyte string stays one short line)."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxtuple, r.maxset, r.maxlevel = 80, 80, 8, 8, 8, 8, 3
+    text = r.repr(value)
+    return text if len(text) <= ECHO_MAX else text[:ECHO_MAX - 3] + "..."
 
 
 class UserError(Exception):
@@ -26,11 +37,13 @@ class SpaceError(UserError):
         where = f"{file}: {key}" if key else file
         text = f"{where}: {rule}"
         if show_given:
-            text += f", but got {given!r}"
+            text += f", but got {short_repr(given)}"
         super().__init__(text)
 
 
 def did_you_mean(given: str, allowed: Iterable[str]) -> str:
+    if len(str(given)) > ECHO_MAX:  # no typo is that long, and difflib is quadratic
+        return ""
     close = difflib.get_close_matches(str(given), list(allowed), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -13,7 +13,9 @@ A turnstile file gives the waiting measurement priority over new slots (flock ha
 writer preference). Long compression work (distillation, fine-tuning: minutes) calls
 `let_measurements_through()` between batches, so a waiting timing runs then instead of
 after the whole build. Locks die with their holder, so a killed worker never wedges the host.
-`COMPSEARCH_MEASURE_LOCK` names the lock file; `none` turns locking off (for comparisons).
+The lock lives in a private folder of the user (`user_lock_dir`), is opened without following
+links, and is created 0600. `COMPSEARCH_MEASURE_LOCK` names another lock file (a path that
+every worker of one user shares is the point); `none` turns locking off (for comparisons).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +31,33 @@ from pathlib import Path
 from hardware import agent
 
 
+def user_lock_dir() -> Path:
+    """A folder for this user's lock files: `$XDG_RUNTIME_DIR/compsearch`, else `TMP/compsearch-UID`.
+
+    Never a fixed name in the shared temp folder: another user could hold it (blocking every
+    search here) or plant a link there. The folder is made 0700 and refused unless it is a real
+    folder owned by this user that nobody else can write."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    uid = os.getuid()
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == uid:
+        path = Path(runtime) / "compsearch"
+    else:
+        path = Path(tempfile.gettempdir()) / f"compsearch-{uid}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise RuntimeError(f"cannot make the lock folder {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+        raise RuntimeError(f"the lock folder {path} is not a private folder of this user (a link, another "
+                           "owner, or writable by others); remove it, or set COMPSEARCH_MEASURE_LOCK")
+    return path
+
+
 def lock_path() -> Path | None:
-    value = os.environ.get("COMPSEARCH_MEASURE_LOCK", str(Path(tempfile.gettempdir()) / "compsearch-measure.lock"))
+    value = os.environ.get("COMPSEARCH_MEASURE_LOCK")
+    if value is None:
+        return user_lock_dir() / "measure.lock"
     return None if value.lower() == "none" else Path(value)
 
 
@@ -66,7 +94,7 @@ def compute_slot() -> Iterator[None]:
             _slot_depth -= 1
         return
     global _slot_files
-    with open(str(path) + ".turn", "a+") as turn, open(path, "a+") as main:
+    with agent.open_lock_file(str(path) + ".turn") as turn, agent.open_lock_file(str(path)) as main:
         _enter_slot(turn, main)
         _slot_depth += 1
         _slot_files = (turn, main)

@@ -7,10 +7,9 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
 from hardware.base import Backend, MeasureSettings, Profile
 from hardware.errors import SpaceError, UserError, allowed_list, did_you_mean
+from hardware.safe_yaml import load_file
 from hardware.schema import Rule, validate
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -102,10 +101,7 @@ def load_profile(name: str, *, where: str = "", key: str = "hardware.profiles", 
                          name)
     path = profiles[name]
     file = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(file, "", f"is not valid YAML ({exc.__class__.__name__})", None, show_given=False) from None
+    raw = load_file(path, "profile file")  # the same guarded YAML reading as a space
     if not isinstance(raw, dict):
         raise SpaceError(file, "", "must be a mapping", raw)
     values = validate(file, "", PROFILE_SCHEMA, raw)

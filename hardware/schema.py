@@ -14,6 +14,7 @@ hardware profiles use it and `hardware/` never imports `search`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,8 +88,8 @@ def check_keys(file: str, prefix: str, allowed: Mapping[str, Any] | tuple, raw: 
 
 
 def _number(file: str, key: str, rule: Rule, value: object) -> int | float:
-    # YAML gives bool for `true`, which Python counts as int: refuse it explicitly.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # YAML gives bool for `true` (an int to Python), and `.nan`/`.inf` slip past every bound check.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpaceError(file, key, f"must be {rule.allowed()}", value)
     if rule.kind == "int" and not float(value).is_integer():
         raise SpaceError(file, key, f"must be {rule.allowed()}", value)

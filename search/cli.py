@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from search.errors import UserError
 
@@ -23,6 +24,19 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (`--help` prints the usage), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("compsearch").strip()
+        if message.endswith("expected one argument"):
+            option = message.split()[1].rstrip(":") if message.startswith("argument ") else "--OPTION"
+            message += f" (a value that starts with '-' is written {option.split('/')[0]}=VALUE)"
+        where = f"{command}: " if command else ""
+        line = " ".join(message.split())[:300]
+        self.exit(EXIT_USAGE, f"compsearch: error: {where}{line} (see {self.prog} --help)\n")
+
+
 def _results_dir(args: argparse.Namespace) -> Path:
     return Path(args.results_dir).resolve()
 
@@ -31,6 +45,12 @@ def _storage(args: argparse.Namespace) -> str:
     from search.driver import default_storage
 
     return args.storage or default_storage(_results_dir(args))
+
+
+def _tracking(args: argparse.Namespace) -> str:
+    from search.driver import default_tracking_uri
+
+    return getattr(args, "tracking_uri", None) or default_tracking_uri(_results_dir(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -44,7 +64,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     n_bits = len(space.technique_layers(q_layers[0])) if q_layers else 0
     dims = space.dimension_lines()
     print(f"{space.file}: valid")
-    print(f"  space {space.name!r} (hash {space.hash}), task {space.task_name} "
+    from search.study_paths import check_study_name, study_dir
+
+    check_study_name(space.name, f"{space.file}: name")
+    print(f"  space {space.name!r} (hash {space.hash}); a study of it writes to "
+          f"{study_dir(_results_dir(args), space.name)}/")
+    print(f"  task {space.task_name} "
           f"({', '.join(f'{k}={v}' for k, v in space.task_options.items())})")
     print("  hardware: " + ", ".join(p.name + (" (objective)" if p.name == space.objective_profile else "")
                                      for p in space.profiles))
@@ -67,6 +92,7 @@ def run_options(args: argparse.Namespace, space: SearchSpace) -> RunOptions:
     """The typed options of `compsearch run`: the space's values, overridden by flags."""
     from search.driver import default_tracking_uri
     from search.options import RunOptions
+    from search.study_paths import check_study_name
     from search.units import parse_duration, parse_size
 
     results_dir = _results_dir(args)
@@ -80,13 +106,18 @@ def run_options(args: argparse.Namespace, space: SearchSpace) -> RunOptions:
     if trials < 1:
         raise UserError(f"--trials must be >= 1, but got {trials}")
     trial_timeout_s, trial_memory = space.trial_timeout_s, space.trial_memory_bytes
-    try:
-        if args.trial_timeout is not None:
-            trial_timeout_s = parse_duration(args.trial_timeout)
-        if args.trial_memory is not None:
-            trial_memory = parse_size(args.trial_memory)
-    except ValueError as exc:
-        raise UserError(f"--trial-timeout/--trial-memory: {exc}") from None
+    for flag, value, parse in (("--trial-timeout", args.trial_timeout, parse_duration),
+                               ("--trial-memory", args.trial_memory, parse_size)):
+        if value is None:
+            continue
+        try:
+            parsed = parse(value)
+        except ValueError as exc:
+            raise UserError(f"{flag}: {exc}") from None
+        if flag == "--trial-timeout":
+            trial_timeout_s = parsed
+        else:
+            trial_memory = parsed
     # A worker started by --workers gets the coordinator's values as numbers (search/workers.py).
     if args.timeout_s is not None:
         timeout_s = args.timeout_s
@@ -94,7 +125,11 @@ def run_options(args: argparse.Namespace, space: SearchSpace) -> RunOptions:
         trial_timeout_s = args.trial_timeout_s
     if args.trial_memory_bytes is not None:
         trial_memory = args.trial_memory_bytes
-    return RunOptions(study=args.study or space.name, trials=trials, timeout_s=timeout_s,
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1], but got {args.seed}")
+    study = check_study_name(args.study if args.study is not None else space.name,
+                             "--study" if args.study is not None else f"{space.file}: name")
+    return RunOptions(study=study, trials=trials, timeout_s=timeout_s,
                       storage=_storage(args), tracking_uri=args.tracking_uri or default_tracking_uri(results_dir),
                       results_dir=results_dir, seed=args.seed, quiet=args.quiet, workers=args.workers,
                       trial_timeout_s=trial_timeout_s, trial_memory_bytes=trial_memory,
@@ -103,18 +138,28 @@ def run_options(args: argparse.Namespace, space: SearchSpace) -> RunOptions:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import run
+    from search.preflight import check_run
     from search.space import load_space
     from search.study.progress import front_table
+    from search.study.tracking import is_server
 
-    space = load_space(args.space, _results_dir(args) / "cache" / "models")
+    results_dir = _results_dir(args)
+    space = load_space(args.space, results_dir / "cache" / "models")
     options = run_options(args, space)
+    check_run(results_dir, options.storage, options.tracking_uri)  # before anything is written
     view = run(space, options)
     if not args.quiet and args.worker_index is None:
         print()
         print(front_table(view))
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
-        print(f"\nstudy {view.name!r}: {counts}. Details: compsearch show {view.name} --json; "
-              f"MLflow UI: mlflow ui --backend-store-uri {options.tracking_uri}")
+        q = shlex.quote
+        where = f"--storage {q(options.storage)}"
+        print(f"\nstudy {view.name!r}: {counts}.\n"
+              f"  details:     compsearch show {q(view.name)} --json {where}\n"
+              f"  report:      compsearch report {q(view.name)} {where} --results-dir {q(str(results_dir))} "
+              f"--tracking-uri {q(options.tracking_uri)}   (recommended picks in report.html)\n"
+              + (f"  MLflow UI:   {options.tracking_uri}" if is_server(options.tracking_uri) else
+                 f"  MLflow UI:   mlflow ui --backend-store-uri {q(options.tracking_uri)}"))
     return 0
 
 
@@ -153,21 +198,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
-    from search.report.card import export_trial
+    from search.fetch import localize
+    from search.report.card import export_paths, export_trial
 
+    out, _ = export_paths(args.out, args.study, args.trial)  # before anything is read or written
     view = view_from_storage(args.study, _storage(args))
-    out = export_trial(view, args.trial, Path(args.out))
+    # Run on another machine: its files come from the MLflow artifact store.
+    localize(view, [args.trial], _tracking(args), _results_dir(args), ("model.onnx", "layers.json"))
+    out = export_trial(view, args.trial, out)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
+    from search.fetch import localize
     from search.report import default_out_dir, write_report
 
     if args.latency_budget is not None and not args.latency_budget > 0:
         raise UserError(f"--latency-budget must be > 0 (milliseconds), but got {args.latency_budget}")
     view = view_from_storage(args.study, _storage(args))
+    feasible = [t.number for t in view.trials if t.feasible]  # picks come from these; their layer tables
+    localize(view, feasible, _tracking(args), _results_dir(args), ("layers.json",))
     out = Path(args.out) if args.out else default_out_dir(_results_dir(args), view.name)
     paths = write_report(view, out, args.latency_budget)
     print(f"wrote {paths['html']} (open it in a browser), {paths['markdown'].name}, "
@@ -178,7 +230,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from search.bench import bench_artifact
 
-    result = bench_artifact(Path(args.artifact), args.hardware, remote=args.remote)
+    result = bench_artifact(Path(args.artifact), args.hardware, remote=args.remote,
+                            say=lambda line: print(line, file=sys.stderr, flush=True))
+    waited = float(result.get("host", {}).get("lock_wait_s") or 0.0)
+    if waited >= 0.1:
+        print(f"waited {waited:.1f} s for the host's timing lock", file=sys.stderr)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -188,26 +244,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"{args.artifact} on {args.hardware}{where}: p50 {lat['p50_ms']:.4f} ms "
               f"[{lat['ci_low_ms']:.4f}, {lat['ci_high_ms']:.4f}] ({lat['confidence']:.0%} CI), "
               f"p90 {lat['p90_ms']:.4f} ms, p99 {lat['p99_ms']:.4f} ms over {lat['queries']} queries; "
-              f"{result['bytes']} bytes; peak {result['peak_rss_mb']:.0f} MB; "
+              f"{result['bytes']} bytes; peak {result['peak_rss_mb']:.0f} MiB; "
               f"{'CONTENDED' if host['contended'] else 'quiet'} host ({host['other_cpu_cores'] or 0:.2f} other "
               f"cores busy, {host['attempts']} attempt(s))")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compsearch", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="compsearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--results-dir", default="results", help="where runs write (default: results)")
         p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS_DIR/optuna.db)")
 
+    def tracking(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db); "
+                                              "export and report fetch a trial's files from it when this "
+                                              "machine's results lack them")
+
     p = sub.add_parser("run", help="run or resume a search over a space")
     p.add_argument("space", help="path to a space YAML file, e.g. spaces/digits.yaml")
     p.add_argument("--study", help="study name (default: the space's name); the same name resumes")
     p.add_argument("--trials", type=int, help="trial budget for the whole study (default: the space's budget)")
     p.add_argument("--timeout", help="stop starting new trials after this long, e.g. 30m, 8h")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///RESULTS_DIR/mlflow.db)")
+    tracking(p)
     p.add_argument("--seed", type=int, help="sampler seed")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--workers", type=int, default=1,
@@ -243,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write one trial's deployable artifact and a model card")
     p.add_argument("study")
     p.add_argument("--trial", type=int, required=True)
-    p.add_argument("--out", required=True, help="path of the .onnx file to write")
+    p.add_argument("--out", required=True,
+                   help="the .onnx file to write (its model card goes beside it as .md), or a directory")
+    tracking(p)
     common(p)
     p.set_defaults(func=cmd_export)
 
@@ -253,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-budget", type=float, metavar="MS",
                    help="p50 budget in ms for the 'best quality within a latency budget' pick "
                         "(default: the baseline's p50)")
+    tracking(p)
     common(p)
     p.set_defaults(func=cmd_report)
 

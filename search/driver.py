@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import time
 import warnings
@@ -27,6 +26,8 @@ from optuna.trial import TrialState
 
 from hardware.environment import environment
 from hardware.profiles import make_backend
+from search.budget import counts as counts_on_budget
+from search.budget import used as budget_used
 from search.errors import UserError
 from search.options import RunOptions
 from search.recipe import Recipe
@@ -36,6 +37,7 @@ from search.storage import open_storage, storage_takes_parallel_writers
 from search.study.progress import Progress
 from search.study.tracking import Tracker
 from search.study.view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
+from search.study_paths import remove_inside, study_dir
 from search.tasks import TASKS
 from search.trial_runner import TrialFailure, TrialRunner
 from search.workers import launch_workers
@@ -110,7 +112,7 @@ class Objective:
         self.space, self.runner, self.results_dir = space, runner, results_dir
 
     def trial_dir(self, study: optuna.Study, number: int) -> Path:
-        return self.results_dir / "studies" / study.study_name / f"trial-{number}"
+        return study_dir(self.results_dir, study.study_name) / f"trial-{number}"
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         baseline = bool(trial.user_attrs.get("baseline"))
@@ -119,8 +121,7 @@ class Objective:
         trial.set_user_attr("recipe_hash", recipe.hash)
         trial.set_user_attr("summary", recipe.summary())
         workdir = self.trial_dir(trial.study, trial.number)
-        if workdir.exists():
-            shutil.rmtree(workdir)  # left by an interrupted attempt with the same number
+        remove_inside(self.results_dir, workdir)  # left by an interrupted attempt with the same number
         trial.set_user_attr("artifact_dir", str(workdir))
         cached = _measured_before(trial.study, recipe.hash, trial.number)
         if cached is not None:
@@ -173,8 +174,7 @@ def run_one_trial(study: optuna.Study, objective: Objective, options: RunOptions
     """Ask for one trial under the budget lock, evaluate it, tell the result. False when the budget is spent."""
     recover_stale_trials(study)  # a worker that died beside us: its trial is retried
     with budget_lock(options.storage, study.study_name):
-        started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-        if len(started) >= options.trials:
+        if budget_used(study.get_trials(deepcopy=False)) >= options.trials:  # interrupted trials are free
             return False
         with warnings.catch_warnings():
             # Optuna's heartbeat is meant for Study.optimize; this loop beats itself (start_heartbeat).
@@ -221,10 +221,6 @@ def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callabl
         recover_stale_trials(study)
 
 
-def _finished(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED))
-
-
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -239,7 +235,10 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
     for profile in space.profiles:  # fails before anything is written
         make_backend(profile)
     _check_workers(options)
-    options.results_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        options.results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--results-dir {options.results_dir}: cannot create it ({exc.strerror})") from None
     study = open_study(space, options)
     coordinator = options.worker_index is None
     tracker = Tracker(options.tracking_uri, space.name, options.results_dir / "mlartifacts")
@@ -265,8 +264,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
         if not worker_alive(str(t.user_attrs.get("worker", ""))):  # a live worker logs its own
             log_new(t)
 
-    done_before = _finished(study)
-    started_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING)
+    done_before = sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if counts_on_budget(t))
+    started_before = budget_used(study.get_trials(deepcopy=False))
     planned = max(0, options.trials - started_before)
     progress = Progress(total=options.trials, done_before=done_before, quiet=options.quiet,
                         timeout_s=options.timeout_s, quality_name=TASKS[space.task_name].quality_name)
@@ -321,8 +320,11 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
     finally:
         runner.close()
         if coordinator:
-            view = StudyView.load(study)
-            tracker.log_front(view, logged)
+            try:
+                tracker.log_front(StudyView.load(study), logged)
+            except BaseException:  # the parent run is closed whatever logging the front met
+                tracker.close_parent("FAILED" if status == "FINISHED" else status)
+                raise
             tracker.close_parent(status)
             progress.say(tracker.cost_summary())
     if status == "KILLED":
@@ -336,6 +338,9 @@ def require_existing_storage(storage: str) -> None:
         path = Path(storage.removeprefix("sqlite:///"))
         if not path.exists():
             raise UserError(f"no Optuna storage at {path} (run a study first, or pass --storage / --results-dir)")
+        from search.preflight import check_sqlite_file
+
+        check_sqlite_file(path, "--storage", "an Optuna database", for_writing=False)
 
 
 def view_from_storage(study_name: str, storage: str) -> StudyView:

@@ -4,6 +4,15 @@ They live in `hardware.errors` (the package both `search` and `hardware` import,
 `hardware/` never imports `search`); this module is where the search side imports them from.
 """
 
-from hardware.errors import SpaceError, UserError, allowed_list, did_you_mean, one_of, unknown_key
+from hardware.errors import (
+    ECHO_MAX,
+    SpaceError,
+    UserError,
+    allowed_list,
+    did_you_mean,
+    one_of,
+    short_repr,
+    unknown_key,
+)
 
-__all__ = ["SpaceError", "UserError", "allowed_list", "did_you_mean", "one_of", "unknown_key"]
+__all__ = ["ECHO_MAX", "SpaceError", "UserError", "allowed_list", "did_you_mean", "one_of", "short_repr", "unknown_key"]

@@ -10,6 +10,7 @@ task options and hardware profiles, so the errors read alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -90,7 +91,8 @@ def parse_dimension(file: str, key: str, rule: Rule, raw: object) -> Dimension:
         if low > high:
             raise SpaceError(file, key, f"low <= high must hold, but got (low={low}, high={high})", show_given=False)
         step = raw.get("step")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0
+                                 or not math.isfinite(step)):
             raise SpaceError(file, f"{key}.step", "must be a number > 0", step)
         log = raw.get("log", False)
         if not isinstance(log, bool):

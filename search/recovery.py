@@ -13,12 +13,10 @@ import fcntl
 import hashlib
 import os
 import socket
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -134,9 +132,12 @@ def budget_lock(storage_url: str, study_name: str) -> Iterator[None]:
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         return
+    from hardware.agent import open_lock_file
+    from hardware.lock import user_lock_dir
+
     digest = hashlib.sha256(f"{storage_url}|{study_name}".encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"compsearch-budget-{digest}.lock"
-    with open(path, "a+") as fh:
+    path = user_lock_dir() / f"budget-{digest}.lock"  # private to the user, never a link
+    with open_lock_file(str(path)) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

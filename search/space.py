@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from hardware.base import Profile
 from hardware.profiles import load_profile
+from hardware.safe_yaml import load_file
 from hardware.schema import Rule, explain
 from hardware.schema import validate as validate_schema
 from search.errors import SpaceError, allowed_list
@@ -189,19 +189,7 @@ def _first_line(text: str | None) -> str:
 
 def parse_yaml(path: Path) -> dict[str, Any]:
     file = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpaceError(file, "", "no such file", None, show_given=False) from None
-    except OSError as exc:
-        raise SpaceError(file, "", f"cannot be read ({exc.strerror})", None, show_given=False) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise SpaceError(file, "", f"is not valid YAML{where}: {problem}", None, show_given=False) from None
+    raw = load_file(path, "space file")  # UTF-8, no duplicate keys, bounded aliases and depth, finite numbers
     if not isinstance(raw, dict):
         raise SpaceError(file, "", "must be a YAML mapping with keys " + allowed_list(TOP_KEYS), raw)
     return raw

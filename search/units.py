@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
@@ -10,8 +11,8 @@ _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.
 def parse_duration(text: str | int | float) -> float:
     """'90s', '30m', '8h', '1h30m' or a number of seconds -> seconds. ValueError if malformed."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"a duration must be > 0, but got {text}")
+        if not 0 < text < math.inf:
+            raise ValueError(f"a duration must be a finite number > 0, but got {text}")
         return float(text)
     s = str(text).strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", s):
@@ -34,11 +35,12 @@ def format_duration(seconds: float) -> str:
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    """Binary units, labelled as such (1 KiB = 1024 bytes)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB"
+    return f"{n:.1f} GiB"
 
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?$")
@@ -50,6 +52,8 @@ def parse_size(text: str | int) -> int:
     """'512MB', '4GiB', '2gb' or a number of bytes -> bytes. ValueError if malformed."""
     if isinstance(text, int) and not isinstance(text, bool) and text > 0:
         return text
+    if isinstance(text, float) and not math.isfinite(text):
+        raise ValueError(f"a memory size must be a finite number, but got {text!r}")
     m = _SIZE.match(str(text).strip().lower())
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"a memory size looks like 512MB, 4GB or 2GiB, but got {text!r}")

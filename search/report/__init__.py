@@ -8,7 +8,6 @@ storage and the results directory.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from search.report.card import export_trial
@@ -21,9 +20,10 @@ __all__ = ["ReportData", "build_report", "default_out_dir", "export_trial", "wri
 
 
 def default_out_dir(results_dir: Path, study: str) -> Path:
-    """results/reports/STUDY, with characters a file system dislikes replaced."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._") or "study"
-    return results_dir / "reports" / safe
+    """RESULTS_DIR/reports/FOLDER, FOLDER a safe name for the study (search/study_paths.py)."""
+    from search.study_paths import inside, study_folder
+
+    return inside(results_dir, results_dir / "reports" / study_folder(study))
 
 
 def write_report(view: StudyView, out_dir: Path, latency_budget_ms: float | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,27 @@ def _layers(trial: TrialView) -> list[str]:
     return lines
 
 
+def export_paths(out: str, study: str, number: int) -> tuple[Path, Path]:
+    """Where `--out` puts the ONNX file and its card; checked before anything is written.
+
+    `--out` names a `.onnx` file (the card goes beside it as `.md`, never over the model) or a
+    directory (an existing one, or any path ending in `/`), where both get a name from the study
+    and trial. Anything that is not a regular file where a file is to be written is refused."""
+    from search.study_paths import study_folder
+
+    path = Path(out)
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        path = path / f"{study_folder(study)}-trial-{number}.onnx"
+    elif path.suffix.lower() != ".onnx":
+        raise UserError(f"--out must be a path ending in .onnx (the model card is written beside it as .md) or a "
+                        f"directory, but got {out!r}")
+    card = path.with_suffix(".md")
+    for target in (path, card):
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise UserError(f"--out: {target} exists and is not a regular file; refusing to write there")
+    return path, card
+
+
 def export_trial(view: StudyView, number: int, out: Path) -> Path:
     trial = next((t for t in view.trials if t.number == number), None)
     if trial is None:
@@ -72,7 +94,9 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
         raise UserError(f"trial {number} of study {view.name!r} is {trial.state}, not COMPLETE: nothing to export")
     source = Path(trial.artifact_dir) / MODEL_FILE
     if not source.exists():
-        raise UserError(f"{source}: the trial's artifact is gone (was the results directory cleaned?)")
+        raise UserError(f"trial {number}'s model is neither in this machine's results ({source}) nor in the MLflow "
+                        "artifact store of --tracking-uri: export on the machine that ran it, or run the search with a "
+                        "tracking server (README: Several machines)")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, out)
     on_front = number in view.pareto_numbers()

@@ -1,14 +1,15 @@
 """The Markdown report and the CSV tables: the same figures as the HTML, for diffs and spreadsheets.
 
-Markdown viewers render inline HTML, so user strings are HTML-escaped here too, and `|` is
-escaped so a name cannot break a table.
+Markdown viewers render inline HTML, so in user strings whatever could open a tag (`<` before a
+letter, `/`, `!` or `?`) or an entity is escaped, and `|` so a name cannot break a table; the rest
+stays as typed, so a raw report.md reads `drop <= 0.05`, not `&lt;=`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from html import escape
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ from search.report import fmt
 from search.report.data import LAYER_COLUMNS, ReportData, grouped_picks
 from search.study.figures import figure_kind
 
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")  # only these can open HTML; `<=` or `< 5` read as is
+_ENTITY = re.compile(r"&(?=#?\w+;)")  # only these would be read as an entity
+
 
 def m(value: Any) -> str:
-    return escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
+    text = _ENTITY.sub("&amp;", str(value))
+    return _TAG_START.sub("&lt;", text).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

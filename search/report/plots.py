@@ -31,7 +31,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 
 def axis_ticks(lo: float, hi: float, axis: str) -> list[float]:
-    """Round ticks; for sizes, round in the unit the axis is labelled in (KB, MB), not in bytes."""
+    """Round ticks; for sizes, round in the unit the axis is labelled in (KiB, MiB), not in bytes."""
     if axis != "bytes":
         return nice_ticks(lo, hi)
     unit = next((u for u in (1024**3, 1024**2, 1024) if max(abs(lo), abs(hi)) >= u), 1)

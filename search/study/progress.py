@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from search.budget import view_interrupted
 from search.study.view import StudyView
 from search.units import format_bytes, format_duration
 
@@ -37,7 +38,8 @@ class Progress:
             eta = min(eta, max(0.0, self.timeout_s - elapsed))
         t = next(t for t in view.trials if t.number == number)
         # Counted from the storage: other workers' trials count too.
-        n = sum(1 for x in view.trials if x.state in ("COMPLETE", "FAIL", "PRUNED"))
+        n = sum(1 for x in view.trials if x.state in ("COMPLETE", "FAIL", "PRUNED")
+                and not view_interrupted(x.state, x.failure_reason))  # those do not use the budget
         if t.state == "COMPLETE" and t.values:
             q, lat, size = t.values.values()
             mark = "" if t.feasible else "  (infeasible: quality drop over the limit)"

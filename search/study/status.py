@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 
+from search.budget import view_interrupted
 from search.study.view import StudyView
 from search.units import format_bytes, format_duration
 
@@ -11,10 +12,14 @@ from search.units import format_bytes, format_duration
 def study_status(study: optuna.Study) -> str:
     view = StudyView.load(study)
     counts = view.counts()
-    done = counts.get("COMPLETE", 0) + counts.get("FAIL", 0)
+    lost = sum(1 for t in view.trials if view_interrupted(t.state, t.failure_reason))  # not on the budget
+    done = counts.get("COMPLETE", 0) + counts.get("FAIL", 0) - lost
     running = counts.get("RUNNING", 0)
     budget = study.user_attrs.get("budget")
-    parts = [f"{view.name}: {counts.get('COMPLETE', 0)} done, {counts.get('FAIL', 0)} failed, {running} running"]
+    parts = [f"{view.name}: {counts.get('COMPLETE', 0)} done, {counts.get('FAIL', 0) - lost} failed, "
+             f"{running} running"]
+    if lost:
+        parts[0] += f" ({lost} interrupted, not counted)"
     if budget:
         parts[0] += f" of a budget of {budget}"
     front = view.front()

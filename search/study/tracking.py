@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hardware.artifact import LAYERS_FILE, MODEL_FILE
+from search.mlflow_names import safe_key
 from search.study.view import StudyView, TrialView
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -78,11 +79,18 @@ class Tracker:
         self.tracking_uri = tracking_uri
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            artifact_root.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_root.resolve().as_uri())
+            if is_server(tracking_uri):  # the server's own artifact store (`--serve-artifacts`), shared by all nodes
+                self.experiment_id = self.client.create_experiment(experiment)
+            else:
+                artifact_root.mkdir(parents=True, exist_ok=True)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=artifact_root.resolve().as_uri())
         else:
             self.experiment_id = exp.experiment_id
+        # A store that other machines read (a server, a database): every trial's model goes there too,
+        # so `export` and `report` work from any node. A local SQLite store sits beside the results,
+        # which already hold the models.
+        self.log_models = not is_local(tracking_uri)
         self.parent_id: str | None = None
         self.space_hash = ""
         self._depth = 0  # nesting of timed calls, so that each second is counted once
@@ -187,24 +195,33 @@ class Tracker:
         params = {"recipe": view.summary, **view.flat_params()}  # the full recipe is the recipe.json artifact
         ts = int(view.start_ms or 0)
         batch = {"params": [Param(k[:250], str(v)[:PARAM_MAX]) for k, v in params.items()],
-                 "metrics": [Metric(k, float(v), ts, 0) for k, v in view.flat_metrics().items()],
+                 "metrics": [Metric(safe_key(k), float(v), ts, 0) for k, v in view.flat_metrics().items()],
                  "tags": [RunTag(k, v) for k, v in tags.items() if v is not None]}
         layers = artifact_dir / LAYERS_FILE if artifact_dir is not None else None
+        model = artifact_dir / MODEL_FILE if artifact_dir is not None and self.log_models else None
         end = int(view.start_ms + view.duration_s * 1000) if view.start_ms and view.duration_s else None
         status = "FINISHED" if view.state == "COMPLETE" else "FAILED"
-        self._submit(self._finish_child, run_id, batch, view.recipe, layers, status, end)
+        self._submit(self._finish_child, run_id, batch, view.recipe, layers, status, end, model)
         self._pareto[view.number] = pareto
         self.trials_logged += 1
         self.trial_time_s += view.duration_s or 0.0
         return run_id
 
     def _finish_child(self, run_id: str, batch: dict[str, list[Any]], recipe: dict[str, Any],
-                      layers: Path | None, status: str, end: int | None) -> None:
-        """The writer's part of a child; terminating it last marks it complete (see logged_trials)."""
-        self.client.log_batch(run_id, **batch)
-        self.client.log_dict(run_id, recipe, "recipe.json")
-        if layers is not None and layers.exists():
-            self.client.log_artifact(run_id, str(layers))
+                      layers: Path | None, status: str, end: int | None, model: Path | None = None) -> None:
+        """The writer's part of a child; terminating it last marks it complete (see logged_trials).
+
+        A child is terminated even when logging it failed (FAILED then, with the error re-raised):
+        a RUNNING child would otherwise stay behind forever."""
+        try:
+            self.client.log_batch(run_id, **batch)
+            self.client.log_dict(run_id, recipe, "recipe.json")
+            for path in (layers, model):
+                if path is not None and path.exists():
+                    self.client.log_artifact(run_id, str(path))
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED", end_time=end)
+            raise
         self.client.set_terminated(run_id, status=status, end_time=end)
 
     @_timed
@@ -246,7 +263,8 @@ class Tracker:
             metrics += [Metric(f"baseline.{p}.{k}", float(v), 0, 0)
                         for p, m in base.metrics.items() for k, v in m.items()]
         metrics += self._cost_metrics()
-        self.client.log_batch(self.parent_id, metrics=metrics)
+        self.client.log_batch(self.parent_id, metrics=[Metric(safe_key(m.key), m.value, m.timestamp, m.step)
+                                                       for m in metrics])
 
     def _log_front_table(self, rows: list[dict[str, Any]]) -> None:
         """The front in MLflow's table format (`log_table`'s "split" JSON), replaced on every run.
@@ -311,6 +329,16 @@ class Tracker:
             self._writer.shutdown(wait=True)
             if self.parent_id:
                 self.client.set_terminated(self.parent_id, status=status)
+
+
+def is_server(uri: str) -> bool:
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+
+
+def is_local(uri: str) -> bool:
+    """A store on this machine's disk: SQLite, a file store, a plain path."""
+    kind = uri.split(":", 1)[0].lower()
+    return kind in ("sqlite", "file") or "://" not in uri
 
 
 def front_table_rows(view: StudyView) -> list[dict[str, Any]]:

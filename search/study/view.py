@@ -284,7 +284,7 @@ class StudyView:
             "baseline": None if base is None else {"trial": base.number, "values": base.values,
                                                    "metrics": base.metrics},
             "pareto": self.pareto_numbers(),
-            "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (search/remeasure.py)
+            "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (remeasure.py)
             "front": [r.to_json(quality_name) for r in self.front()],
             "trials": [{
                 "number": t.number, "state": t.state, "baseline": t.baseline, "recipe": t.recipe,

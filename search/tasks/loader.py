@@ -5,7 +5,10 @@
       name: "tasks/my_task.py:make_task"   # or a file, relative to the space file (then the CWD)
 
 The named object is either a `Task` subclass or a function taking no arguments that returns
-a `Task` subclass or a `Task` instance. It is loaded when the space is validated, checked
+a `Task` subclass or a `Task` instance. Naming a module imports it, and importing runs its
+code (as `import` does); beyond that nothing is called unless it is a task factory: a
+function defined in that module, taking no arguments, in a module that has a Task class.
+It is loaded when the space is validated, checked
 against the contract, and registered in `TASKS` under the spec string, so the driver finds
 it like a built-in. Any failure is one `SpaceError` line naming the file and `task.name`.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import SpaceError, allowed_list, did_you_mean
+from search.mlflow_names import RESERVED, key_problem
 from search.params import Rule
 from search.tasks.base import Task
 
@@ -52,13 +56,35 @@ def load_user_task(spec: str, file: str) -> type[Task]:
         raise SpaceError(file, KEY, f"{target} has no attribute {attr!r}{did_you_mean(attr, public)}", spec)
     obj = getattr(module, attr)
     if not (inspect.isclass(obj) and issubclass(obj, Task)):
-        if not callable(obj):
-            raise SpaceError(file, KEY, f"{attr} must be a Task subclass or a function returning one", spec)
+        # Never call just anything a space names (`sys:exit`, `os:abort`): only a function written
+        # as a task factory, i.e. defined in that module, taking no arguments, beside a Task class.
+        why = _not_a_factory(obj, module)
+        if why:
+            raise SpaceError(file, KEY, f"{attr} is not a task factory ({why}); give a search.tasks.Task subclass "
+                                        "or a function without arguments, defined in that module, that returns one",
+                             spec)
         try:
             obj = obj()
-        except Exception as exc:  # noqa: BLE001 - any failure in user code is reported on one line
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure in user code is reported on one line
             raise SpaceError(file, KEY, f"{attr}() raised {type(exc).__name__}: {_first_line(exc)}", spec) from None
     return _check_contract(obj, spec, file)
+
+
+def _not_a_factory(obj: object, module: Any) -> str:
+    """Why `obj` is not a task factory of `module` (empty when it is one)."""
+    if inspect.isclass(obj):
+        return f"it is the class {obj.__name__}, not a subclass of search.tasks.Task"
+    if not inspect.isfunction(obj):
+        return f"it is a {type(obj).__name__}, not a Python function"
+    if getattr(obj, "__module__", None) != module.__name__:
+        return f"it is defined in {getattr(obj, '__module__', '?')}, not in the module named"
+    required = [p.name for p in inspect.signature(obj).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        return f"it takes arguments: {', '.join(required)}"
+    if not any(inspect.isclass(v) and issubclass(v, Task) for v in vars(module).values()):
+        return "its module has no search.tasks.Task class"
+    return ""
 
 
 def _looks_like_file(target: str) -> bool:
@@ -68,7 +94,7 @@ def _looks_like_file(target: str) -> bool:
 def _import_module(target: str, spec: str, file: str) -> Any:
     try:
         return importlib.import_module(target)
-    except Exception as exc:  # noqa: BLE001 - ImportError or an error inside the user's module
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - ImportError or an error inside the user's module
         raise SpaceError(file, KEY, f"cannot import module {target!r} ({type(exc).__name__}: "
                                     f"{_first_line(exc)})", spec) from None
 
@@ -92,7 +118,7 @@ def _import_file(target: str, spec: str, file: str) -> Any:
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - a syntax or import error inside the user's file
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a syntax or import error inside the user's file
         del sys.modules[mod_name]
         raise SpaceError(file, KEY, f"importing {path} failed ({type(exc).__name__}: {_first_line(exc)})",
                          spec) from None
@@ -112,6 +138,10 @@ def _check_contract(obj: object, spec: str, file: str) -> type[Task]:
         raise SpaceError(file, KEY, f"task class {cls.__name__} does not implement {', '.join(missing)}", spec)
     if not isinstance(getattr(cls, "quality_name", None), str):
         raise SpaceError(file, KEY, f"task class {cls.__name__}: quality_name must be a string", spec)
+    problem = key_problem(cls.quality_name) or (
+        "is one of compsearch's own metric names" if cls.quality_name in RESERVED else None)
+    if problem:
+        raise SpaceError(file, KEY, f"task class {cls.__name__}: quality_name {cls.quality_name!r} {problem}", spec)
     options = getattr(cls, "OPTIONS", None)
     if not isinstance(options, dict) or not all(isinstance(r, Rule) for r in options.values()):
         raise SpaceError(file, KEY, f"task class {cls.__name__}: OPTIONS must map option names to "

@@ -54,3 +54,33 @@ def test_bench_rejects_a_non_onnx_file(tmp_path: Path, capsys) -> None:
     bad.write_text("not a model")
     assert main(["bench", str(bad), "--hardware", "ort-cpu"]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+HOSTILE = "m;touch X;#.onnx"
+
+
+def test_a_hostile_file_name_never_reaches_a_shell(mlp: Path, fast_profiles: Path, tmp_path: Path, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    hostile = tmp_path / HOSTILE
+    hostile.write_bytes(mlp.read_bytes())
+    # `sh -c "..."` parses the command a second time, as ssh does on the remote side.
+    for template in ('sh -c "python3 {agent} {model}"', "sh -c 'python3 {agent} /data/{name}'"):
+        assert main(["bench", str(hostile), "--hardware", "fast-cpu", "--remote", template]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "would interpret" in err, err
+    out = bench_json(capsys, str(hostile), "--hardware", "fast-cpu", "--remote", 'sh -c "python3 {agent} - {args}"')
+    assert out["measured_model"] == "-" and out["latency"]["p50_ms"] > 0
+    assert not list(tmp_path.rglob("X")) and not Path("X").exists()
+
+
+def test_provider_options_travel_as_shell_safe_words() -> None:
+    from hardware.profiles import load_profile
+    from search.bench import remote_command
+
+    profile = load_profile("ort-trt", check=False)
+    command = remote_command("ssh board python3 agent.py -", Path("m.onnx"), profile)
+    options = command.split("--provider-options ")[1].split()[0]
+    assert "'" not in options and "{" not in options
+    assert agent.parse_provider_options(options) == profile.options
+    assert agent.parse_provider_options('{"device_id": 0}') == {"device_id": 0}

@@ -56,3 +56,24 @@ def test_validate_explain_prints_each_key_with_its_help(capsys) -> None:
         for key, rule in {**technique.rules, **technique.settings}.items():
             assert f"techniques.{name}.{key}: " in out and rule.help in out, (name, key)
     assert "other techniques (not in this space): transformer_prune" in out
+
+
+DIGITS = str(ROOT / "spaces" / "digits.yaml")
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["run", DIGITS, "--trials", "abc"], "run: argument --trials: invalid int value: 'abc'"),
+    (["run", DIGITS, "--trial-memory", "-5GB"], "--trial-memory=VALUE"),
+    (["run", DIGITS, "--trial-memory=-5GB"], "--trial-memory: a memory size looks like"),
+    (["run", DIGITS, "--seed", "-1"], "--seed must be in"),
+    (["export", "s"], "the following arguments are required: --trial, --out"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_usage_mistakes_are_one_line(argv: list[str], fragment: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        code = main([*argv, "--results-dir", str(tmp_path)] if argv[0] != "frobnicate" else argv)
+        raise SystemExit(code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not any(tmp_path.iterdir())
