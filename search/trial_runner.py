@@ -61,10 +61,16 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
         message = conn.recv()
         if message[0] == "stop":
             return
-        _, recipe_json, workdir = message
         try:
-            result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
-                                     students)
+            if message[0] == "sensitivity":
+                from search.sensitivity import study_sensitivity
+
+                result = study_sensitivity(space, task, model, Path(cache_dir).parent.parent,
+                                           students.identity(model) if students else None)
+            else:
+                _, recipe_json, workdir = message
+                result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
+                                         students)
             conn.send(("ok", result))
         except MemoryError:
             conn.send(("error", "out of memory: MemoryError while evaluating the trial"))
@@ -97,10 +103,18 @@ class TrialRunner:
 
     def evaluate(self, recipe_json: str, workdir: Path) -> dict[str, Any]:
         """Evaluate one recipe; raise TrialFailure with the reason if it fails in any way."""
+        return self._call(("eval", recipe_json, str(workdir)))
+
+    def sensitivity(self) -> dict[str, Any]:
+        """The space's per-layer sensitivity table (search/sensitivity.py), measured in the trial process
+        (which holds the model) under the same limits as a trial, or read from its cache."""
+        return self._call(("sensitivity",))
+
+    def _call(self, message: tuple) -> dict[str, Any]:
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None and self._proc is not None
-        self._conn.send(("eval", recipe_json, str(workdir)))
+        self._conn.send(message)
         started = time.monotonic()
         peak = 0
         while True:

@@ -24,7 +24,7 @@ from torch import nn
 
 from search.errors import UserError
 from search.params import Rule
-from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques.base import CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.factorize import LowRank
 from search.techniques.prune import ELEMENTWISE_MODULES, Chain, chains
 from search.techniques.registry import register
@@ -78,7 +78,8 @@ class Distill(Technique):
     order = 40
     student = True
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> DistillConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> DistillConfig | None:
         dims = space.dims
         epochs = int(dims["epochs"].suggest(trial, "distill.epochs"))
         if epochs == 0:

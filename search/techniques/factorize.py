@@ -26,7 +26,14 @@ from torch import nn
 
 from search.errors import SpaceError, UserError, allowed_list
 from search.params import Categorical, Dimension, Range, Rule
-from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace, layers_setting
+from search.techniques.base import (
+    CompressionState,
+    SampleContext,
+    Technique,
+    TechniqueConfig,
+    TechniqueSpace,
+    layers_setting,
+)
 from search.techniques.registry import register
 
 CRITERIA = ("rank_ratio", "energy", "rank")
@@ -153,7 +160,8 @@ class Factorize(Technique):
                         f"{'x'.join(map(str, layer.weight_shape))}) has full rank {full_rank(layer.weight_shape)}; "
                         f"lower the rank or narrow techniques.factorize.layers", top)
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> FactorizeConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> FactorizeConfig | None:
         enabled = [c for c in CRITERIA if not _unused(space.dims[c])]
         if not enabled or not space.layers:
             return None

@@ -32,6 +32,7 @@ from search.techniques import graph as rw
 from search.techniques.base import (
     CompressionState,
     FrozenMap,
+    SampleContext,
     Technique,
     TechniqueConfig,
     TechniqueSpace,
@@ -93,7 +94,8 @@ class Share(Technique):
                 raise SpaceError(file, f"{key}.k", f"must be <= the weight count of every shared layer "
                                  f"({layer.name!r} has {layer.params})", k_max)
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> ShareConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> ShareConfig | None:
         dims = space.dims
         if not dims["enabled"].suggest(trial, "share.enabled"):
             return None
