@@ -49,11 +49,14 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from search.evaluate import evaluate_recipe, evaluate_report_split
     from search.recipe import Recipe
+    from search.students import open_cache
     from search.tasks import TASKS
     from search.tasks.loader import resolve_task
 
     task = resolve_task(space.task_name, space.file, TASKS)(space.task_options, Path(cache_dir))
     model = task.build_model()
+    # cache_dir is RESULTS_DIR/cache/models: the students live beside the task's models.
+    students = open_cache(Path(cache_dir).parent.parent)
     while True:
         message = conn.recv()
         if message[0] == "stop":
@@ -66,7 +69,8 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
             continue
         _, recipe_json, workdir = message
         try:
-            result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir))
+            result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
+                                     students)
             conn.send(("ok", result))
         except MemoryError:
             conn.send(("error", "out of memory: MemoryError while evaluating the trial"))

@@ -150,6 +150,7 @@ class TrialView:
     environment: dict[str, str] = field(default_factory=dict)
     kernels: dict[str, dict[str, str]] = field(default_factory=dict)
     artifact_dir: str | None = None
+    student: dict[str, Any] | None = None  # key, cached (hit/miss), from: the trained student it started from
     report: dict[str, Any] | None = None  # report-split figures (search/study/report_split.py)
 
     def flat_params(self) -> dict[str, Any]:
@@ -218,6 +219,9 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         environment=attrs.get("environment", {}),
         kernels=attrs.get("kernels", {}),
         artifact_dir=attrs.get("artifact_dir"),
+        student=None if "student_key" not in attrs else {
+            "key": attrs["student_key"], "cached": attrs.get("student_cached"), "from": attrs.get("student_from"),
+            "seconds": attrs.get("student_seconds")},
     )
 
 
@@ -322,6 +326,6 @@ class StudyView:
                 "recipe_hash": t.recipe_hash, "summary": t.summary, "params": t.params, "values": t.values,
                 "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
-                "artifact_dir": t.artifact_dir, "report": t.report,
+                "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
             } for t in self.trials],
         }
