@@ -327,6 +327,10 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
             backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
             task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")
             remeasure_front(study, backend, task, progress.say)
+        if coordinator:  # the final front on the report split, for reading only: nothing chooses on it
+            from search.study.report_split import evaluate_report_split
+
+            evaluate_report_split(study, runner, space.max_quality_drop, progress.say)
     except KeyboardInterrupt:
         status = "KILLED"
         progress.say("interrupted: state saved; run the same command again to resume")

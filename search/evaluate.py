@@ -61,3 +61,17 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         "layers_fallback": fallback,
         "student": None if student is None else student.as_attrs(),
     }
+
+
+def evaluate_report_split(space: SearchSpace, task: Task, artifact_dir: Path) -> dict[str, Any] | None:
+    """Quality of a trial's artifact on the task's report split, run by the objective profile's backend
+    (the one that measured its selection quality); None when the task has no report split."""
+    from hardware.artifact import Artifact
+
+    backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
+    artifact = Artifact.load(artifact_dir)
+    if not artifact.path.exists():
+        raise FileNotFoundError(f"artifact {artifact.path} is gone")
+    with compute_slot():  # evaluation is compute: it must not overlap another worker's timing
+        result = task.evaluate_report(backend.prepare(artifact).run)
+    return None if result is None else {"quality": result.quality, "per_file": dict(result.per_file)}

@@ -47,7 +47,7 @@ def _rss_bytes(pid: int) -> int:
 def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what an interrupt means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from search.evaluate import evaluate_recipe
+    from search.evaluate import evaluate_recipe, evaluate_report_split
     from search.recipe import Recipe
     from search.students import open_cache
     from search.tasks import TASKS
@@ -61,6 +61,12 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
         message = conn.recv()
         if message[0] == "stop":
             return
+        if message[0] == "report":  # the report split of a finished trial's artifact (study/report_split.py)
+            try:
+                conn.send(("ok", evaluate_report_split(space, task, Path(message[1]))))
+            except Exception as exc:  # noqa: BLE001 - the reason is recorded, the study goes on
+                conn.send(("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
+            continue
         try:
             if message[0] == "sensitivity":
                 from search.sensitivity import study_sensitivity
@@ -103,14 +109,19 @@ class TrialRunner:
 
     def evaluate(self, recipe_json: str, workdir: Path) -> dict[str, Any]:
         """Evaluate one recipe; raise TrialFailure with the reason if it fails in any way."""
-        return self._call(("eval", recipe_json, str(workdir)))
+        return self._ask(("eval", recipe_json, str(workdir)))
 
     def sensitivity(self) -> dict[str, Any]:
         """The space's per-layer sensitivity table (search/sensitivity.py), measured in the trial process
         (which holds the model) under the same limits as a trial, or read from its cache."""
-        return self._call(("sensitivity",))
+        return self._ask(("sensitivity",))
 
-    def _call(self, message: tuple) -> dict[str, Any]:
+    def evaluate_report(self, artifact_dir: Path) -> dict[str, Any] | None:
+        """The report-split quality of the artifact in `artifact_dir` ({"quality", "per_file"}), or None
+        when the task has none; raises TrialFailure with the reason if it fails."""
+        return self._ask(("report", str(artifact_dir)))
+
+    def _ask(self, message: tuple) -> Any:
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None and self._proc is not None
