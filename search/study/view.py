@@ -151,6 +151,7 @@ class TrialView:
     kernels: dict[str, dict[str, str]] = field(default_factory=dict)
     artifact_dir: str | None = None
     student: dict[str, Any] | None = None  # key, cached (hit/miss), from: the trained student it started from
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: student, compress, quality, timing, total
     report: dict[str, Any] | None = None  # report-split figures (search/study/report_split.py)
 
     def flat_params(self) -> dict[str, Any]:
@@ -222,6 +223,7 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         student=None if "student_key" not in attrs else {
             "key": attrs["student_key"], "cached": attrs.get("student_cached"), "from": attrs.get("student_from"),
             "seconds": attrs.get("student_seconds")},
+        phases=attrs.get("phase_seconds", {}),
     )
 
 
@@ -326,6 +328,6 @@ class StudyView:
                 "recipe_hash": t.recipe_hash, "summary": t.summary, "params": t.params, "values": t.values,
                 "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
-                "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
+                "artifact_dir": t.artifact_dir, "student": t.student, "phase_seconds": t.phases, "report": t.report,
             } for t in self.trials],
         }
