@@ -221,6 +221,17 @@ def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callabl
         recover_stale_trials(study)
 
 
+def _enqueue_anchors(study: optuna.Study, space: SearchSpace, budget: int, say: Callable[[str], None]) -> None:
+    """After the baseline, before sampling: the standard recipes of this space (search/guide.py)."""
+    from search.guide import enqueue_anchors
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    labels = enqueue_anchors(study, space, budget - budget_used(trials) - waiting)
+    if labels:
+        say(f"anchors: {len(labels)} standard recipe(s) of this space run first: {'; '.join(labels)}")
+
+
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -291,6 +302,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                 if base.state == TrialState.FAIL:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
+            if coordinator and space.guide.anchors:
+                _enqueue_anchors(study, space, options.trials, progress.say)
             if coordinator and options.workers > 1:
                 workers = launch_workers(space.file, options, deadline)
             while deadline is None or time.monotonic() < deadline:

@@ -13,8 +13,9 @@ import optuna
 from hardware.errors import SpaceError, allowed_list
 from search.layers import LayerInfo, carry_over, layer_patterns, match_layers
 from search.params import Categorical, Range, Rule
-from search.techniques.base import CompressionState, FrozenMap, Technique, TechniqueSpace, layers_setting
+from search.techniques.base import Anchor, CompressionState, FrozenMap, Technique, TechniqueSpace, layers_setting
 from search.techniques.quantize import qat
+from search.techniques.quantize.anchors import quantize_anchors, quantize_off
 from search.techniques.quantize.config import (
     ACTIVATIONS,
     BITS,
@@ -63,6 +64,7 @@ class Quantize(Technique):
                   "block_size": "a layer is int4 or the embeddings are not fp32"}
     order = 60
     graph_order = 60
+    anchor_priority = 0  # int8 everywhere: seconds to build, and the one-liner every front must beat
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:
         """Block sizes are powers of 2; groups match searched layers; int4 (MatMulNBits) and QAT take Linear
@@ -126,6 +128,12 @@ class Quantize(Technique):
         return QuantizeConfig(layer_bits=layer_bits, calibration=calibration, per_channel=per_channel, mode=mode,
                               qat_epochs=qat_epochs, activations=activations, embedding_bits=embedding_bits,
                               block_size=block_size)
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        return quantize_anchors(space)  # every searched layer at each listed bit-width (anchors.py)
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        return quantize_off(space)
 
     def apply_model(self, state: CompressionState, config: QuantizeConfig) -> None:
         # Bits were sampled for the uncompressed model's layers; earlier steps may have split or merged them.
