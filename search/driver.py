@@ -226,7 +226,7 @@ def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callabl
 
 def _enqueue_anchors(study: optuna.Study, space: SearchSpace, budget: int, say: Callable[[str], None]) -> None:
     """After the baseline, before sampling: the standard recipes of this space (search/guide.py)."""
-    from search.guide import enqueue_anchors
+    from search.anchors import enqueue_anchors
 
     trials = study.get_trials(deepcopy=False)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from statistics import mean
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from search.study.view import TrialView
+from typing import Any
 
 MARGIN = 1.5
 SKIPPED_PHASES = ("evaluate", "measure")  # what a rejected trial does not run
@@ -49,8 +46,10 @@ def verdict(proxy: float, spec: dict[str, Any]) -> str | None:
     return None
 
 
-def time_saved_s(trials: Iterable[TrialView]) -> float | None:
-    """Estimated seconds rejection saved: rejected trials x the mean skipped phases of completed ones."""
+def time_saved_s(trials: Iterable[Any]) -> float | None:
+    """Estimated seconds rejection saved: rejected trials x the mean skipped phases of completed ones.
+
+    `trials`: the study view's TrialViews (state, baseline, rejected, timings)."""
     trials = list(trials)
     rejected = sum(t.rejected for t in trials)
     spent = [sum(t.timings.get(p, 0.0) for p in SKIPPED_PHASES) for t in trials

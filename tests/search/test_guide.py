@@ -9,9 +9,10 @@ import pytest
 import yaml
 from optuna.trial import FixedTrial
 
+from search.anchors import enqueue_anchors, study_anchors
 from search.cli import main
 from search.errors import SpaceError
-from search.guide import Guide, enqueue_anchors, study_anchors
+from search.guide import Guide
 from search.layers import LayerInfo
 from search.params import parse_options
 from search.space import load_space
