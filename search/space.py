@@ -27,7 +27,7 @@ from search.params import Categorical, Dimension, parse_options
 from search.recipe import Recipe
 from search.tasks import TASKS
 from search.tasks.loader import resolve_task
-from search.techniques import REGISTRY, TechniqueSpace
+from search.techniques import REGISTRY, SampleContext, TechniqueSpace
 from search.units import parse_duration, parse_size
 
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -114,10 +114,11 @@ class SearchSpace:
     def technique_layers(self, tech: TechniqueSpace) -> list[LayerInfo]:
         return list(tech.layers)
 
-    def sample(self, trial: optuna.Trial) -> Recipe:
+    def sample(self, trial: optuna.Trial, context: SampleContext | None = None) -> Recipe:
+        """One recipe for `trial`; `context` carries what the study measured (the sensitivity table)."""
         steps = []
         for tech in self.techniques:  # in the registry's model-stage order
-            config = REGISTRY.named(tech.name).sample(trial, tech)
+            config = REGISTRY.named(tech.name).sample(trial, tech, context)
             if config is not None:
                 steps.append(config)
         return Recipe(tuple(steps))

@@ -123,6 +123,23 @@ class TechniqueSpace:
 
 
 @dataclass(frozen=True)
+class SampleContext:
+    """What the study knows beyond the space when a trial is sampled (none of it Optuna's).
+
+    `sensitivity`: bit-width -> {layer: how much quality that layer alone loses at that bit-width},
+    measured once per study (search/sensitivity.py); None until it exists. Quantize's
+    `assign: sensitivity` mode orders its layers by it."""
+
+    sensitivity: Mapping[str, Mapping[str, float]] | None = None
+
+    def ranking(self, bits: str, layers: list[str]) -> list[str]:
+        """`layers`, the most sensitive at `bits` first (model order breaks ties; unmeasured layers last)."""
+        table = (self.sensitivity or {}).get(bits, {})
+        order = {name: i for i, name in enumerate(layers)}
+        return sorted(layers, key=lambda name: (-table.get(name, float("-inf")), order[name]))
+
+
+@dataclass(frozen=True)
 class Anchor:
     """One standard setting of a technique, as the Optuna params its `sample` reads.
 
@@ -189,8 +206,10 @@ class Technique(ABC):
       that prefix; student techniques run before every other (the registry checks this).
     - `check(file, key, space)`: space-time checks beyond the per-key rules (a fixed rank
       larger than a matched layer); raise `SpaceError` naming `key`.
-    - `sample(trial, space)`: the config for one Optuna trial, or None to leave the
-      technique out. Sample only the parameters that matter for the values already drawn.
+    - `sample(trial, space, context=None)`: the config for one Optuna trial, or None to leave
+      the technique out. Sample only the parameters that matter for the values already drawn.
+      `context` (a `SampleContext`) carries what the study measured beyond the space (the
+      per-layer sensitivity table); a technique that needs none ignores it.
     - `anchors(space)`: the standard settings of this technique alone that the space allows, as
       `Anchor`s (a label and the Optuna params `sample` would read for them); a study runs them
       right after the baseline (search/guide.py). Default none.
@@ -221,7 +240,8 @@ class Technique(ABC):
         """Raise SpaceError if the space asks for something this technique cannot do."""
 
     @abstractmethod
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> TechniqueConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> TechniqueConfig | None:
         """This technique's config for one trial, or None to leave it out."""
 
     def anchors(self, space: TechniqueSpace) -> list[Anchor]:

@@ -25,7 +25,7 @@ from torch import nn
 from search.errors import UserError
 from search.params import Rule
 from search.techniques import anchoring as pick
-from search.techniques.base import Anchor, CompressionState, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques.base import Anchor, CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.factorize import LowRank
 from search.techniques.prune import ELEMENTWISE_MODULES, Chain, chains
 from search.techniques.registry import register
@@ -79,7 +79,8 @@ class Distill(Technique):
     order = 40
     student = True
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> DistillConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> DistillConfig | None:
         dims = space.dims
         epochs = int(dims["epochs"].suggest(trial, "distill.epochs"))
         if epochs == 0:

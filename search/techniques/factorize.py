@@ -30,6 +30,7 @@ from search.techniques import anchoring as pick
 from search.techniques.base import (
     Anchor,
     CompressionState,
+    SampleContext,
     Technique,
     TechniqueConfig,
     TechniqueSpace,
@@ -161,7 +162,8 @@ class Factorize(Technique):
                         f"{'x'.join(map(str, layer.weight_shape))}) has full rank {full_rank(layer.weight_shape)}; "
                         f"lower the rank or narrow techniques.factorize.layers", top)
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> FactorizeConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> FactorizeConfig | None:
         enabled = [c for c in CRITERIA if not _unused(space.dims[c])]
         if not enabled or not space.layers:
             return None

@@ -25,7 +25,7 @@ from torch import fx, nn
 from search.errors import UserError
 from search.params import Rule
 from search.techniques import anchoring as pick
-from search.techniques.base import Anchor, CompressionState, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques.base import Anchor, CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.factorize import LowRank
 from search.techniques.registry import register
 
@@ -75,7 +75,8 @@ class Prune(Technique):
     order = 30
     student = True
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> PruneConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> PruneConfig | None:
         dims = space.dims
         structure = dims["structure"].suggest(trial, "prune.structure")
         ratio = float(dims["ratio"].suggest(trial, "prune.ratio"))

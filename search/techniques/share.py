@@ -34,6 +34,7 @@ from search.techniques.base import (
     Anchor,
     CompressionState,
     FrozenMap,
+    SampleContext,
     Technique,
     TechniqueConfig,
     TechniqueSpace,
@@ -95,7 +96,8 @@ class Share(Technique):
                 raise SpaceError(file, f"{key}.k", f"must be <= the weight count of every shared layer "
                                  f"({layer.name!r} has {layer.params})", k_max)
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> ShareConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> ShareConfig | None:
         dims = space.dims
         if not dims["enabled"].suggest(trial, "share.enabled"):
             return None

@@ -31,7 +31,7 @@ from torch import nn
 from search.errors import UserError
 from search.params import Rule
 from search.techniques import anchoring as pick
-from search.techniques.base import Anchor, CompressionState, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques.base import Anchor, CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.prune import slice_layer
 from search.techniques.registry import register
 
@@ -80,7 +80,8 @@ class TransformerPrune(Technique):
     order = 10
     student = True
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> TransformerPruneConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> TransformerPruneConfig | None:
         dims = space.dims
         config = TransformerPruneConfig(
             ffn_ratio=float(dims["ffn_ratio"].suggest(trial, "transformer_prune.ffn_ratio")),

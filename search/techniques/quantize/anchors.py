@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.layers import match_layers
 from search.techniques import anchoring as pick
 from search.techniques.base import Anchor, TechniqueSpace
+from search.techniques.quantize.assign import uniform_params
 
 # Most useful first: int8 has kernels everywhere and keeps quality; int4 halves the bytes again;
 # fp16 and the simulated widths (no kernel) come last.
@@ -21,18 +21,9 @@ PREFERENCE = ("int8", "int4", "fp16", "int2", "binary")
 CALIBRATION_PREFERENCE = ("percentile", "entropy", "minmax")
 
 
-def layer_params(space: TechniqueSpace, bits: str) -> dict[str, Any]:
-    """Every searched layer (and group) at `bits`: the per-layer params of `Quantize.sample`."""
-    groups = space.settings.get("groups") or {}
-    params: dict[str, Any] = {}
-    for layer in space.layers:
-        group = next((g for g, patterns in groups.items() if match_layers([layer], patterns)), None)
-        params[f"quantize.bits.{layer.name}" if group is None else f"quantize.bits.group.{group}"] = bits
-    return params
-
-
 def settings_params(space: TechniqueSpace, bits: str, embedding_bits: str) -> dict[str, Any]:
-    """The most accurate settings the space lists for layers at `bits` (the params `sample` reads next)."""
+    """The most accurate settings the space lists for layers at `bits` (the params `sample` reads after
+    the per-layer ones, which `uniform_params` gives in either `assign` mode)."""""
     dims = space.dims
     params: dict[str, Any] = {"quantize.embedding_bits": embedding_bits}
     mode = pick.first(dims["mode"], ("ptq",))
@@ -57,7 +48,7 @@ def quantize_anchors(space: TechniqueSpace) -> list[Anchor]:
     for bits in (b for b in PREFERENCE if b in listed):
         # Embeddings go along at the same bits when the space lists them, else stay as they are.
         embedding = bits if pick.can_be(dims["embedding_bits"], bits) else _embedding_off(space)
-        params = {**layer_params(space, bits), **settings_params(space, bits, embedding)}
+        params = {**uniform_params(space, bits), **settings_params(space, bits, embedding)}
         anchors.append(Anchor(_label(bits, params), params))
     return anchors
 
@@ -67,7 +58,7 @@ def quantize_off(space: TechniqueSpace) -> dict[str, Any]:
     # A space that cannot leave every layer fp32 gets its highest listed precision instead.
     bits = next(b for b in ("fp32", "fp16", *PREFERENCE) if b in listed)
     embedding = _embedding_off(space)
-    params = layer_params(space, bits)
+    params = uniform_params(space, bits)
     if bits != "fp32" or embedding != "fp32":
         params.update(settings_params(space, bits, embedding))
     else:

@@ -11,7 +11,7 @@ import pytest
 
 from search.params import Categorical
 from search.recipe import Recipe
-from search.techniques import REGISTRY, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques import REGISTRY, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.registry import Registry
 
 SEARCH = Path(__file__).resolve().parents[3] / "search"
@@ -63,7 +63,8 @@ class Toy(Technique):
     config_type = ToyConfig
     order = 45
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> ToyConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> ToyConfig | None:
         return ToyConfig(level=space.dims["level"].suggest(trial, "toy.level"))
 
 
