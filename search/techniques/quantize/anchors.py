@@ -23,7 +23,7 @@ CALIBRATION_PREFERENCE = ("percentile", "entropy", "minmax")
 
 def settings_params(space: TechniqueSpace, bits: str, embedding_bits: str) -> dict[str, Any]:
     """The most accurate settings the space lists for layers at `bits` (the params `sample` reads after
-    the per-layer ones, which `uniform_params` gives in either `assign` mode)."""""
+    the per-layer ones, which `uniform_params` gives in either `assign` mode)."""
     dims = space.dims
     params: dict[str, Any] = {"quantize.embedding_bits": embedding_bits}
     mode = pick.first(dims["mode"], ("ptq",))

@@ -23,8 +23,8 @@ from search.techniques.base import (
     layers_setting,
 )
 from search.techniques.quantize import qat
-from search.techniques.quantize.assign import ASSIGN, sample_by_sensitivity
 from search.techniques.quantize.anchors import quantize_anchors, quantize_off
+from search.techniques.quantize.assign import ASSIGN, sample_by_sensitivity
 from search.techniques.quantize.config import (
     ACTIVATIONS,
     BITS,
