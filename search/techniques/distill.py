@@ -35,7 +35,8 @@ from torch import nn
 
 from search.errors import UserError
 from search.params import Rule
-from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques import anchoring as pick
+from search.techniques.base import Anchor, CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.distill_targets import Target, TeacherTargets, capture_hidden, kept_layers, relative_mse
 from search.techniques.factorize import LowRank
 from search.techniques.prune import ELEMENTWISE_MODULES, Chain, chains
@@ -113,7 +114,8 @@ class Distill(Technique):
     order = 40
     student = True
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> DistillConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> DistillConfig | None:
         dims = space.dims
         epochs = int(dims["epochs"].suggest(trial, "distill.epochs"))
         if epochs == 0:
@@ -130,6 +132,23 @@ class Distill(Technique):
             schedule=str(dims["schedule"].suggest(trial, "distill.schedule")),
             freeze_embeddings=bool(dims["freeze_embeddings"].suggest(trial, "distill.freeze_embeddings")),
         )
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        epochs = pick.mild(space.dims["epochs"])
+        return [] if epochs is None else [Anchor(f"distill {epochs} epoch(s)", self._params(space, epochs))]
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        return self._params(space, pick.off_or(space.dims["epochs"], 0, pick.lowest))
+
+    @staticmethod
+    def _params(space: TechniqueSpace, epochs: int) -> dict:
+        # The space's first listed settings (its author's default), and no block removed: the mildest.
+        dims = space.dims
+        return {"distill.epochs": epochs, "distill.temperature": pick.first(dims["temperature"]),
+                "distill.alpha": pick.first(dims["alpha"]), "distill.lr": pick.first(dims["lr"]),
+                "distill.drop_blocks": pick.lowest(dims["drop_blocks"]),
+                **{f"distill.{k}": pick.first(dims[k]) for k in ("hidden_weight", "samples", "schedule",
+                                                                 "freeze_embeddings")}}
 
     def apply_model(self, state: CompressionState, config: DistillConfig) -> None:
         assert state.task is not None, "distillation needs the task's training data"
