@@ -108,6 +108,11 @@ def int4_dequant(weight_kn: np.ndarray, block: int = INT4_BLOCK) -> np.ndarray:
 
 # --- the ONNX passes ---
 
+# ORT's quantizer types tensors by ONNX shape inference, which knows no contrib op: in a fused
+# transformer (SkipLayerNormalization, Attention, ...) the tensors after them are float.
+_FUSED_TYPES = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
 class _Feeds:
     """CalibrationDataReader over a list of input dicts (ONNX Runtime asks for them one by one)."""
 
@@ -147,6 +152,7 @@ def _int8_ptq(src: Path, nodes: list[str], config: QuantizeConfig,
             # u8 activations x s8 weights: the pairing ONNX Runtime's x86 integer kernels favour.
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes, per_channel=config.per_channel, calibrate_method=method,
+            extra_options=_FUSED_TYPES,
         )
         return onnx.load(str(out))
 
@@ -154,24 +160,29 @@ def _int8_ptq(src: Path, nodes: list[str], config: QuantizeConfig,
 def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], config: QuantizeConfig) -> tuple[onnx.ModelProto,
                                                                                             dict[str, str]]:
     """int8 weights, activations quantized per batch at run time (DynamicQuantizeMatMul). ORT's
-    dynamic quantizer takes MatMul, not Gemm: Gemm layers become MatMul + Add first."""
+    dynamic quantizer takes MatMul, not Gemm: Gemm layers become MatMul + Add first. A fused
+    transformer's packed Attention node becomes QAttention (its q/k/v share the int8 weight)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    ops = {n.name: n.op_type for n in model.graph.node}
     for name in nodes:
-        rw.gemm_to_matmul(model, name)
+        if ops.get(name) == "Gemm":
+            rw.gemm_to_matmul(model, name)
     with tempfile.TemporaryDirectory(prefix="compsearch-q8d-") as tmp, _quiet_quantizer():
         src, out = Path(tmp) / "in.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=config.per_channel,
-                         nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
+                         nodes_to_quantize=nodes, op_types_to_quantize=["MatMul", "Attention"],
+                         extra_options=_FUSED_TYPES)
         model = onnx.load(str(out))
-    return model, _renamed_nodes(model, nodes, "MatMulInteger", "_quant", "int8 dynamic")
+    return model, _renamed_nodes(model, nodes, ("MatMulInteger", "QAttention"), "_quant", "int8 dynamic")
 
 
-def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_type: str, suffix: str, what: str) -> dict[str, str]:
+def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_types: tuple[str, ...], suffix: str,
+                   what: str) -> dict[str, str]:
     """ORT's quantizers rename the nodes they replace (name + suffix): map each layer's node to its
     new name, and fail loudly if one was skipped rather than report an fp32 layer as quantized."""
-    names = {n.name for n in model.graph.node if n.op_type == op_type}
+    names = {n.name for n in model.graph.node if n.op_type in op_types}
     missing = [name for name in nodes if f"{name}{suffix}" not in names]
     if missing:
         raise RuntimeError(f"{what}: ONNX Runtime's quantizer skipped node(s) {missing}")
@@ -189,7 +200,7 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.Mo
                                                          nodes_to_include=nodes, nodes_to_exclude=others)
         quantizer.process()
     model = quantizer.model.model
-    return model, _renamed_nodes(model, nodes, "MatMulNBits", "_Q4", "int4")
+    return model, _renamed_nodes(model, nodes, ("MatMulNBits",), "_Q4", "int4")
 
 
 def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]],
@@ -234,5 +245,6 @@ def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds:
         codes, levels, scales = lowbit_codes(weight, bits[layer], axis)
         rw.replace_weight_scaled(model, node_of[layer], codes, levels, scales, _CODE_BITS[bits[layer]], axis)
     onnx.save(model, str(out_path))
-    return Artifact(out_path, layer_nodes, dict(artifact.layers), dict(artifact.stats), artifact.program)
+    return Artifact(out_path, layer_nodes, dict(artifact.layers), dict(artifact.stats), artifact.program,
+                    dict(artifact.graph))
 

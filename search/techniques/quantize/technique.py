@@ -133,6 +133,13 @@ class Quantize(Technique):
         for layer, bits in state.layer_bits.items():
             # int2/binary: stored low-bit, computed by an fp32 kernel (no ONNX Runtime kernel exists).
             state.note(layer, simulated=bits in SIMULATED_BITS)
+        # After transformer fusion, ORT quantizes a packed q/k/v Attention weight only as int8 with dynamic
+        # activations (QAttention); other bit-widths keep q/k/v apart (search/fusion/stage.py).
+        dynamic = config.mode == "ptq" and config.activations == "dynamic"
+        state.packable_bits = frozenset({"fp32", "int8"} if dynamic else {"fp32"})
+        if config.embedding_bits != "fp32":
+            state.keep_embedding_gathers = (f"embedding_bits {config.embedding_bits}: GatherBlockQuantized "
+                                            "replaces the Gather, which EmbedLayerNormalization would absorb")
         if config.mode == "qat":
             # QAT fine-tunes through fake quantization; the ONNX stage writes exactly what it learned.
             state.model, state.learned = qat.finetune(state, config, state.layer_bits).export_ready()
