@@ -81,7 +81,7 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
         # A transformer: exported the way ONNX Runtime's optimizer recognises, then fused (search/fusion/).
         fusions = fuse_stage(state, fusion, path)
         assert state.artifact is not None
-        state.artifact.graph = {"fusion": fusions.to_dict()}
+        state.artifact.graph = {"fusion": fusions.to_dict(), "metrics": fusions.metrics()}
     elif cached is not None:
         shutil.copyfile(cached.path, path)
         state.artifact = Artifact(path, dict(cached.layer_nodes))
@@ -100,7 +100,7 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
     artifact.layers = describe_layers(state)
     params, macs = count_params_macs(model, task.example_inputs())  # per sample: batch of 1
     artifact.stats = {"params": float(params), "macs": float(macs),
-                      "params_nonzero": float(count_nonzero_params(model))}
+                      "params_nonzero": float(count_nonzero_params(model)), **artifact.graph.get("metrics", {})}
     return artifact
 
 
@@ -150,9 +150,9 @@ def describe_layers(state: CompressionState) -> dict[str, dict]:
             "bits": state.bits_of(info.name),
             "node": node,
             # The op the artifact computes this layer with (runtimes may fuse further: the backend
-            # records what really ran); layers packed into one node share its bit-width.
+            # records what really ran); layers packed into one node take one bit-width.
             "kernel": ops.get(node) if node else None,
-            **({"packed_with": packed} if packed else {}),
+            **({"packed_with": ", ".join(packed)} if packed else {}),
             **_notes_for(info.name, notes),
         }
     # Layers that no longer exist (merged away) still get their record.

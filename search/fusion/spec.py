@@ -57,6 +57,14 @@ class Fusions:
         return f"fused ({self.model_type}): {ops or 'nothing'}" + ("" if self.complete else
                                                                    f"; INCOMPLETE ({'; '.join(self.missing)})")
 
+    def metrics(self) -> dict[str, float]:
+        """Counts logged beside a trial's figures (show --json, MLflow, the report)."""
+        return {"fused_attention": float(self.attention),
+                "fused_skip_layernorm": float(self.counts.get("SkipLayerNormalization", 0)),
+                "fused_embed_layernorm": float(self.counts.get("EmbedLayerNormalization", 0)),
+                "fused_gelu": float(sum(self.counts.get(op, 0) for op in ("BiasGelu", "FastGelu", "Gelu"))),
+                "fusion_complete": float(self.complete)}
+
     def to_dict(self) -> dict:
         return {"model_type": self.model_type, "attention_op": self.attention_op,
                 "attention_reason": self.attention_reason, "embeddings_unfused": self.embeddings_unfused,

@@ -38,8 +38,8 @@ def _packing_conflict(state: CompressionState, layer_nodes: dict[str, str], pack
                     "a packed Attention weight takes one")
         (only,) = bits
         if only not in state.packable_bits:
-            return (f"{layers[0]} and its q/k/v siblings are {only}: ORT's packed Attention op quantizes only as "
-                    f"{' or '.join(sorted(state.packable_bits))}")
+            return (f"{layers[0]} and its q/k/v siblings are {only}, which ORT's packed Attention op cannot take "
+                    f"here (it takes {'/'.join(sorted(state.packable_bits))}; int8 only with dynamic activations)")
     return ""
 
 

@@ -20,6 +20,7 @@ from search.export import export_onnx  # noqa: E402
 from search.fusion import FusionSpec, count_encoder_layers, fuse_model  # noqa: E402
 from search.fusion.stage import FusionError  # noqa: E402
 from search.recipe import Recipe  # noqa: E402
+from search.report.data import fusion_line  # noqa: E402
 from search.techniques.transformer_prune import TransformerPruneConfig, prune_encoder  # noqa: E402
 
 
@@ -93,10 +94,12 @@ def test_baseline_artifact_records_fusions_and_a_baseline_that_does_not_fuse_fai
     artifact.save_records()
     graph = json.loads((tmp_path / "base" / GRAPH_FILE).read_text())["fusion"]
     assert graph["complete"] and graph["counts"]["Attention"] == 2 and graph["attention_op"] == "Attention"
+    assert "2 Attention, 4 SkipLayerNormalization" in fusion_line(graph) and "INCOMPLETE" not in fusion_line(graph)
+    assert artifact.stats["fused_attention"] == 2 and artifact.stats["fusion_complete"] == 1.0  # logged as metrics
     layers = json.loads((tmp_path / "base" / LAYERS_FILE).read_text())
     assert layers["bert.encoder.layer.0.attention.self.key"]["kernel"] == "com.microsoft.Attention"
-    assert layers["bert.encoder.layer.0.attention.self.key"]["packed_with"] == [
-        "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value"]
+    assert layers["bert.encoder.layer.0.attention.self.key"]["packed_with"] == (
+        "bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.value")
     assert layers["bert.encoder.layer.0.intermediate.dense"]["kernel"] == "MatMul"
     assert task.evaluate(lambda f: run(artifact.path, f)) > 0.9999
     broken = TinyBertTask(tmp_path / "cache2", extra_layers=1)  # expects 3 attention ops from 2 layers
