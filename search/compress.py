@@ -34,7 +34,8 @@ from search.techniques.macs import count_nonzero_params, count_params_macs
 if TYPE_CHECKING:
     from search.tasks.base import Task
 
-__all__ = ["build_artifact", "build_student", "describe_layers", "finish", "split_recipe"]
+__all__ = ["build_artifact", "build_student", "describe_layers", "finish", "split_recipe", "student_state",
+           "train_student"]
 
 
 def split_recipe(recipe: Recipe) -> tuple[Recipe, Recipe]:
@@ -53,12 +54,24 @@ def _run_model_stage(state: CompressionState, recipe: Recipe, techniques: list[T
         state.changed |= state.model is not before
 
 
-def build_student(model: nn.Module, recipe: Recipe, task: Task, seed: int = 0) -> CompressionState:
-    """Run the student stages of `recipe` on a copy of `model` (the original is untouched and is the
-    teacher). The state's model is then the trained fp32 student; `finish` takes it from there."""
-    state = CompressionState(model=copy.deepcopy(model), task=task, teacher=model, seed=seed)
+def student_state(model: nn.Module, task: Task, seed: int = 0) -> CompressionState:
+    """A state whose teacher is `model` (the original, untouched): the student stages start from it."""
+    return CompressionState(model=model, task=task, teacher=model, seed=seed)
+
+
+def train_student(state: CompressionState, recipe: Recipe) -> None:
+    """Run the student stages of `recipe` on a copy of the state's model. The state's model is then
+    the trained fp32 student; `finish` takes it from there."""
+    state.model = copy.deepcopy(state.model)
     _run_model_stage(state, recipe, [t for t in REGISTRY.model_order() if t.student])
     state.model.eval()
+
+
+def build_student(model: nn.Module, recipe: Recipe, task: Task, seed: int = 0) -> CompressionState:
+    """The student stages of `recipe` on a copy of `model` (the original is the teacher). A trial
+    takes its student from the cache instead when it can (search/students.py)."""
+    state = student_state(model, task, seed)
+    train_student(state, recipe)
     return state
 
 

@@ -34,6 +34,7 @@ from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
 from search.space import SearchSpace
 from search.storage import open_storage, storage_takes_parallel_writers
+from search.students import cache_cap as student_cache_cap
 from search.study.progress import Progress
 from search.study.tracking import Tracker
 from search.study.view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
@@ -142,6 +143,8 @@ class Objective:
         for key in ("metrics", "kernels", "environment", "environments", "layers_fallback"):
             if key in result:
                 trial.set_user_attr(key, result[key])
+        for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
+            trial.set_user_attr(key, value)
         quality = values[0]
         study = trial.study
         if baseline:
@@ -234,6 +237,7 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
     """Run (or resume) the study to its budget; returns the final view. Raises UserError on bad input."""
     for profile in space.profiles:  # fails before anything is written
         make_backend(profile)
+    student_cache_cap()  # a malformed COMPSEARCH_STUDENT_CACHE: one line, before anything is written
     _check_workers(options)
     try:
         options.results_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +314,10 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
             backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
             task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")
             remeasure_front(study, backend, task, progress.say)
+        if coordinator:  # the final front on the report split, for reading only: nothing chooses on it
+            from search.study.report_split import evaluate_report_split
+
+            evaluate_report_split(study, runner, space.max_quality_drop, progress.say)
     except KeyboardInterrupt:
         status = "KILLED"
         progress.say("interrupted: state saved; run the same command again to resume")

@@ -13,20 +13,25 @@ from torch import nn
 
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
-from search.compress import build_artifact
+from search.compress import finish
 from search.recipe import Recipe
 from search.space import SearchSpace
+from search.students import StudentCache, obtain_student
 from search.tasks.base import Task
 
 # A reduced-precision layer still running one of these float ops fell back to dequantize + fp32.
 FLOAT_OPS = ("Gemm", "MatMul", "Conv", "FusedGemm", "FusedMatMul", "FusedConv", "DequantizeLinear")
 
 
-def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Recipe, workdir: Path) -> dict[str, Any]:
+def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Recipe, workdir: Path,
+                    students: StudentCache | None = None) -> dict[str, Any]:
+    """`students`: where trained students are cached (a hit skips the student stages); None trains."""
     backends = {p.name: make_backend(p) for p in space.profiles}
     with compute_slot():  # compression runs beside other workers' compression, never beside a timing
-        artifact = build_artifact(model, recipe, task, workdir,
-                                  program=any(getattr(b, "needs_program", False) for b in backends.values()))
+        # Who built a student: the study folder and trial folder this artifact goes to.
+        state, student = obtain_student(model, recipe, task, 0, students, f"{workdir.parent.name}/{workdir.name}")
+        artifact = finish(state, recipe, workdir,
+                          program=any(getattr(b, "needs_program", False) for b in backends.values()))
     artifact.save_records()
     measurements = {}
     extras: dict[str, dict[str, float]] = {}  # the task's extra quality figures, per profile
@@ -54,4 +59,19 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         "environment": main.environment,
         "environments": {n: m.environment for n, m in measurements.items()},
         "layers_fallback": fallback,
+        "student": None if student is None else student.as_attrs(),
     }
+
+
+def evaluate_report_split(space: SearchSpace, task: Task, artifact_dir: Path) -> dict[str, Any] | None:
+    """Quality of a trial's artifact on the task's report split, run by the objective profile's backend
+    (the one that measured its selection quality); None when the task has no report split."""
+    from hardware.artifact import Artifact
+
+    backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
+    artifact = Artifact.load(artifact_dir)
+    if not artifact.path.exists():
+        raise FileNotFoundError(f"artifact {artifact.path} is gone")
+    with compute_slot():  # evaluation is compute: it must not overlap another worker's timing
+        result = task.evaluate_report(backend.prepare(artifact).run)
+    return None if result is None else {"quality": result.quality, "per_file": dict(result.per_file)}

@@ -47,20 +47,30 @@ def _rss_bytes(pid: int) -> int:
 def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
     # Ctrl-C reaches the whole process group; the parent decides what an interrupt means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from search.evaluate import evaluate_recipe
+    from search.evaluate import evaluate_recipe, evaluate_report_split
     from search.recipe import Recipe
+    from search.students import open_cache
     from search.tasks import TASKS
     from search.tasks.loader import resolve_task
 
     task = resolve_task(space.task_name, space.file, TASKS)(space.task_options, Path(cache_dir))
     model = task.build_model()
+    # cache_dir is RESULTS_DIR/cache/models: the students live beside the task's models.
+    students = open_cache(Path(cache_dir).parent.parent)
     while True:
         message = conn.recv()
         if message[0] == "stop":
             return
+        if message[0] == "report":  # the report split of a finished trial's artifact (study/report_split.py)
+            try:
+                conn.send(("ok", evaluate_report_split(space, task, Path(message[1]))))
+            except Exception as exc:  # noqa: BLE001 - the reason is recorded, the study goes on
+                conn.send(("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
+            continue
         _, recipe_json, workdir = message
         try:
-            result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir))
+            result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
+                                     students)
             conn.send(("ok", result))
         except MemoryError:
             conn.send(("error", "out of memory: MemoryError while evaluating the trial"))
@@ -93,10 +103,18 @@ class TrialRunner:
 
     def evaluate(self, recipe_json: str, workdir: Path) -> dict[str, Any]:
         """Evaluate one recipe; raise TrialFailure with the reason if it fails in any way."""
+        return self._ask(("eval", recipe_json, str(workdir)))
+
+    def evaluate_report(self, artifact_dir: Path) -> dict[str, Any] | None:
+        """The report-split quality of the artifact in `artifact_dir` ({"quality", "per_file"}), or None
+        when the task has none; raises TrialFailure with the reason if it fails."""
+        return self._ask(("report", str(artifact_dir)))
+
+    def _ask(self, message: tuple) -> Any:
         if self._proc is None or not self._proc.is_alive():
             self._start()
         assert self._conn is not None and self._proc is not None
-        self._conn.send(("eval", recipe_json, str(workdir)))
+        self._conn.send(message)
         started = time.monotonic()
         peak = 0
         while True:

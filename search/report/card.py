@@ -50,6 +50,32 @@ def _figures(view: StudyView, trial: TrialView) -> list[str]:
     return lines
 
 
+def _report_split(view: StudyView, trial: TrialView) -> list[str]:
+    """Quality on the task's report split (data the search never chose on), beside the selection figure."""
+    if not trial.report:
+        return []
+    rep, base = trial.report, view.baseline
+    drop = view.attrs.get("max_quality_drop")
+    lines = ["", "## Quality on the report split", "",
+             f"Evaluated on {view.objective_profile} for the final front only; nothing was chosen on it. The "
+             f"selection split is what the constraint ({view.objective_names[0]} drop <= {drop}) and the search "
+             "used.", "", "| split | file | this model | baseline | drop |", "| --- | --- | --- | --- | --- |"]
+    base_values = (base.values or {}) if base else {}
+    sel_base = next(iter(base_values.values()), None)
+    sel = next(iter((trial.values or {}).values()), None)
+    lines.append(f"| selection | (mean) | {num(sel, 6)} | {num(sel_base, 6)} | {num(trial.quality_drop, 4)} |")
+    base_rep = (base.report or {}) if base else {}
+    lines.append(f"| report | (mean) | {num(rep.get('report_quality'), 6)} | {num(base_rep.get('report_quality'), 6)} "
+                 f"| {num(rep.get('report_drop'), 4)} |")
+    for f, v in (rep.get("report_per_file") or {}).items():
+        lines.append(f"| report | {f} | {num(v, 6)} | {num((base_rep.get('report_per_file') or {}).get(f), 6)} "
+                     f"| {num((rep.get('report_drop_per_file') or {}).get(f), 4)} |")
+    if rep.get("report_breaks_constraint"):
+        lines += ["", f"**Warning:** on the report split this model's drop ({num(rep.get('report_drop'), 4)}) "
+                  f"exceeds the allowed {drop}: its quality does not hold on data it was not selected on."]
+    return lines
+
+
 def _layers(trial: TrialView) -> list[str]:
     layers = read_layers(trial)
     if not layers:
@@ -117,6 +143,7 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
              "Measured on the exported artifact by each profile's backend; figures whose names carry `est` or "
              "`sim` are estimates or simulations, labelled so.", ""]
     lines += _figures(view, trial)
+    lines += _report_split(view, trial)
     lines += ["", "## Graph fusion", "", f"- {fusion_line(read_fusion(trial))}"]
     lines += ["", "## What each layer became", ""] + _layers(trial)
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in trial.environment.items()]

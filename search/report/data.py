@@ -73,6 +73,39 @@ class SpreadRow:
 
 
 @dataclass
+class SplitRow:
+    """One front point (or the baseline) on the selection split and on the report split, side by side."""
+
+    trial: int
+    recipe: str
+    baseline: bool
+    selection_quality: float | None
+    selection_drop: float | None  # baseline minus this: what the constraint counts
+    report_quality: float | None
+    report_drop: float | None
+    per_file: dict[str, tuple[float, float | None]]  # file -> (report quality, its drop)
+    breaks_on_report: bool  # its report drop exceeds the allowed drop
+
+
+def split_rows(view: StudyView) -> list[SplitRow]:
+    """The baseline and the front with their report-split figures; [] when no report split was evaluated."""
+    rows = []
+    base = view.baseline
+    if base is not None and base.report and base.values:
+        quality = next(iter(base.values.values()))
+        rows.append(SplitRow(base.number, "baseline", True, quality, 0.0, base.report.get("report_quality"), 0.0,
+                             {f: (v, 0.0) for f, v in (base.report.get("report_per_file") or {}).items()}, False))
+    for r in view.front():
+        if not r.report:
+            continue
+        drops = r.report.get("report_drop_per_file") or {}
+        rows.append(SplitRow(r.trial, r.recipe, False, r.quality, r.quality_drop, r.report.get("report_quality"),
+                             r.report_drop, {f: (v, drops.get(f)) for f, v in
+                                             (r.report.get("report_per_file") or {}).items()}, r.breaks_on_report))
+    return rows if any(not row.baseline for row in rows) else []
+
+
+@dataclass
 class ReportData:
     name: str
     task: dict[str, Any]
@@ -94,6 +127,7 @@ class ReportData:
     hypervolume: list[tuple[int, float]]
     spread: list[SpreadRow]
     failed: list[tuple[int, str, str]]
+    splits: list[SplitRow] = field(default_factory=list)  # selection vs report split of the front
 
     def trial(self, number: int) -> TrialView:
         return next(t for t in self.trials if t.number == number)
@@ -248,4 +282,5 @@ def build_report(view: StudyView, latency_budget_ms: float | None = None, with_l
         hypervolume=progress(feasible_values, DIRECTIONS, finished), spread=_spread(profiles, view),
         failed=[(t.number, t.state, t.failure_reason or "no reason recorded") for t in view.trials
                 if t.state not in ("COMPLETE", "RUNNING", "WAITING")],
+        splits=split_rows(view),
     )

@@ -144,7 +144,11 @@ def _pick_card(d: ReportData, group: list[Pick]) -> str:
     figs = (f'<div class="figs"><span>{e(d.quality_name)} <b>{fmt.num(row.quality)}</b> '
             f'({fmt.signed(row.quality_change)})</span><span>p50 <b>{fmt.num(row.latency)} ms</b> '
             f'({fmt.ratio(row.x_faster)} faster)</span><span>size <b>{e(fmt.size(row.bytes))}</b> '
-            f'({fmt.ratio(row.x_smaller)} smaller)</span></div>')
+            f'({fmt.ratio(row.x_smaller)} smaller)</span>'
+            + (f'<span>report split <b>{fmt.num(row.report["report_quality"])}</b> '
+               f'({fmt.signed(None if row.report_drop is None else -row.report_drop)})</span>'
+               if row.report else "")
+            + f"{_report_flag(row)}</div>")
     return (f'<div class="card" id="pick-{t.number}"><h3 class="wide">{e(title)}: trial {t.number}</h3>'
             f'<div><p class="legend">{e(rule)}</p>{figs}<p class="recipe">{e(t.summary)}</p>'
             f'<p class="legend">graph fusion: {e(fusion_line(read_fusion(t)))}</p>'
@@ -155,6 +159,13 @@ def _pick_card(d: ReportData, group: list[Pick]) -> str:
 def _caveats(row: FrontRow) -> str:
     return "".join(f' <span class="badge">{e(figure_kind(k))}: {e(k)} = {e(fmt.num(v))}</span>'
                    for k, v in row.caveats.items())
+
+
+def _report_flag(row: FrontRow) -> str:
+    if not row.breaks_on_report:
+        return ""
+    return (f' <span class="badge bad">report split: drop {e(fmt.signed(row.report_drop))} breaks the '
+            f"constraint</span>")
 
 
 def _front_table(d: ReportData, prof: ProfileData) -> str:
@@ -168,10 +179,28 @@ def _front_table(d: ReportData, prof: ProfileData) -> str:
                      fmt.num(r.latency_at("latency_p90")), fmt.num(r.latency_at("latency_p99")),
                      e(fmt.size(r.bytes)), e(fmt.size(r.bytes_compressed)), fmt.ratio(r.x_faster),
                      fmt.ratio(r.x_smaller), fmt.ratio(r.x_smaller_compressed),
-                     f'<span class="recipe">{e(r.recipe)}</span>{_caveats(r)}'])
+                     f'<span class="recipe">{e(r.recipe)}</span>{_caveats(r)}{_report_flag(r)}'])
     if not rows:
         return '<p class="muted">Empty: no completed trial satisfies the quality constraint.</p>'
     return _table(header, rows, set(range(1, 11)))
+
+
+def _splits(d: ReportData) -> str:
+    files = list(dict.fromkeys(f for r in d.splits for f in r.per_file))
+    header = ["trial", f"selection {e(d.quality_name)}", "selection drop", f"report {e(d.quality_name)}",
+              "report drop", *(f"drop {e(f)}" for f in files), "recipe"]
+    rows: list[list[Cell]] = []
+    for r in d.splits:
+        flag = ' <span class="badge bad">breaks the constraint on the report split</span>' if r.breaks_on_report else ""
+        rows.append([f'<a href="#trial-{r.trial}">{r.trial}</a>', fmt.num(r.selection_quality),
+                     fmt.signed(r.selection_drop), fmt.num(r.report_quality),
+                     (fmt.signed(r.report_drop), "color:#c92a2a;font-weight:600") if r.breaks_on_report
+                     else fmt.signed(r.report_drop),
+                     *(fmt.signed(r.per_file[f][1]) if f in r.per_file else "-" for f in files),
+                     f'<span class="recipe">{e(r.recipe)}</span>{flag}'])
+    return (f'<p class="legend">Drops against the baseline on {e(d.objective_profile)}. The selection split decided '
+            f"everything (constraint: drop &le; {e(d.max_quality_drop)}); the report split was evaluated for the "
+            f"final front only and chose nothing.</p>" + _table(header, rows, set(range(1, 5 + len(files)))))
 
 
 def _profile_section(d: ReportData, prof: ProfileData) -> str:
@@ -277,6 +306,7 @@ def render_html(d: ReportData, command: str) -> str:
                  '<div class="cards">' + "".join(_pick_card(d, g) for g in grouped_picks(d.picks)) + "</div>"),
                 ("fronts", "Pareto fronts per hardware profile",
                  "".join(_profile_section(d, p) for p in d.profiles.values())),
+                *([("splits", "Selection split vs report split", _splits(d))] if d.splits else []),
                 ("cross", "Cross-hardware comparison", _cross_table(d)),
                 ("progress", "Search progress", _progress(d)),
                 ("spread", "Measurement spread", _spread(d)),

@@ -79,10 +79,25 @@ def render_markdown(d: ReportData, command: str) -> str:
                  fmt.num(r.latency_at("latency_p50")), fmt.num(r.latency_at("latency_p90")),
                  fmt.num(r.latency_at("latency_p99")), fmt.size(r.bytes), fmt.size(r.bytes_compressed),
                  fmt.ratio(r.x_faster), fmt.ratio(r.x_smaller), fmt.ratio(r.x_smaller_compressed),
-                 m(r.recipe) + "".join(f" ({figure_kind(k)}: {m(k)} = {fmt.num(v)})" for k, v in r.caveats.items())]
+                 m(r.recipe) + "".join(f" ({figure_kind(k)}: {m(k)} = {fmt.num(v)})" for k, v in r.caveats.items())
+                 + (f" **(report split: drop {fmt.signed(r.report_drop)} breaks the constraint)**"
+                    if r.breaks_on_report else "")]
                 for r in p.rows]
         lines += _table(["trial", m(d.quality_name), "change", f"p50 ms{note}", "p90 ms", "p99 ms", "bytes",
                          "compressed", "x faster", "x smaller", "x smaller (compressed)", "recipe"], rows)
+
+    if d.splits:
+        lines += ["## Selection split vs report split", "",
+                  f"Drops against the baseline on {m(d.objective_profile)}. The selection split decided everything "
+                  f"(constraint: drop <= {d.max_quality_drop}); the report split was evaluated for this front only. "
+                  "**BREAKS** marks a point whose report-split drop exceeds the allowed drop.", ""]
+        files = list(dict.fromkeys(f for r in d.splits for f in r.per_file))
+        rows = [[str(r.trial), fmt.num(r.selection_quality), fmt.signed(r.selection_drop),
+                 fmt.num(r.report_quality), fmt.signed(r.report_drop), "**BREAKS**" if r.breaks_on_report else "",
+                 *(fmt.signed(r.per_file[f][1]) if f in r.per_file else "-" for f in files), m(r.recipe)]
+                for r in d.splits]
+        lines += _table(["trial", f"selection {m(d.quality_name)}", "selection drop", f"report {m(d.quality_name)}",
+                         "report drop", "flag", *(f"drop {m(f)}" for f in files), "recipe"], rows)
 
     lines += ["## Cross-hardware comparison", "", "`*` marks a point on that profile's front.", ""]
     header = ["trial"] + [f"{m(n)}: {h}" for n in d.profiles for h in (m(d.quality_name), "p50 ms", "x faster")]

@@ -57,11 +57,19 @@ def front_table(view: StudyView) -> str:
     quality = view.objective_names[0]
     if not rows:
         return "Pareto front: empty (no completed trial satisfies the quality constraint)"
-    header = ["trial", quality, "change", "p50 ms", "x faster", "bytes", "x smaller", "recipe"]
+    reported = any(r.report for r in rows)  # the report split's columns, once it was evaluated
+    header = ["trial", quality, "change", *(["report", "report change"] if reported else []),
+              "p50 ms", "x faster", "bytes", "x smaller", "recipe"]
     lines: list[list[str]] = []
     for r in rows:
+        report = []
+        if reported:
+            rep = r.report or {}
+            drop = rep.get("report_drop")
+            report = [f"{rep['report_quality']:.4f}" if "report_quality" in rep else "-",
+                      _signed(None if drop is None else -drop) + (" !" if r.breaks_on_report else "")]
         lines.append([
-            str(r.trial), f"{r.quality:.4f}", _signed(r.quality_change),
+            str(r.trial), f"{r.quality:.4f}", _signed(r.quality_change), *report,
             f"{r.latency:.4f}" + (" (sim)" if r.lowbit_simulated_layers else ""),
             _ratio(r.x_faster), format_bytes(r.bytes), _ratio(r.x_smaller), r.recipe,
         ])
@@ -71,6 +79,16 @@ def front_table(view: StudyView) -> str:
            " (sim): int2/binary layers ran on fp32 kernels, so that latency is not a low-bit kernel's):",
            fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
+    if reported:
+        out.append("report: quality on the task's report split, evaluated for this front only (never used to "
+                   "choose); ! = its drop there exceeds the allowed quality drop")
+        for r in rows:
+            rep = r.report or {}
+            drops = rep.get("report_drop_per_file") or {}
+            files = [f"{f} {v:.4f}" + (f" ({-drops[f]:+.4f})" if f in drops else "")
+                     for f, v in (rep.get("report_per_file") or {}).items()]
+            if files:
+                out.append(f"  trial {r.trial} per report file: " + ", ".join(files))
     return "\n".join(out)
 
 

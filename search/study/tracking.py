@@ -264,8 +264,23 @@ class Tracker:
             metrics += [Metric(f"baseline.{p}.{k}", float(v), 0, 0)
                         for p, m in base.metrics.items() for k, v in m.items()]
         metrics += self._cost_metrics()
+        if base and base.report:
+            metrics += [Metric(f"baseline.{k}", float(v), 0, 0) for k, v in report_metrics(base.report).items()]
         self.client.log_batch(self.parent_id, metrics=[Metric(safe_key(m.key), m.value, m.timestamp, m.step)
                                                        for m in metrics])
+        self._log_report_split(view, children)
+
+    def _log_report_split(self, view: StudyView, children: dict[int, str]) -> None:
+        """Report-split figures on each evaluated trial's child run: they exist only once the front is final."""
+        from mlflow.entities import Metric, RunTag
+
+        for t in view.trials:
+            run_id = children.get(t.number)
+            if not t.report or run_id is None:
+                continue
+            metrics = [Metric(safe_key(k), v, 0, 0) for k, v in report_metrics(t.report).items()]
+            tags = [RunTag("report_breaks_constraint", str(bool(t.report.get("report_breaks_constraint"))).lower())]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def _log_front_table(self, rows: list[dict[str, Any]]) -> None:
         """The front in MLflow's table format (`log_table`'s "split" JSON), replaced on every run.
@@ -342,12 +357,24 @@ def is_local(uri: str) -> bool:
     return kind in ("sqlite", "file") or "://" not in uri
 
 
+def report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """A trial's report-split record as flat metrics: report_quality, report_drop, report.<file>, report_drop.<file>."""
+    out = {k: float(report[k]) for k in ("report_quality", "report_drop") if report.get(k) is not None}
+    out.update({f"report.{f}": float(v) for f, v in (report.get("report_per_file") or {}).items()})
+    out.update({f"report_drop.{f}": float(v) for f, v in (report.get("report_drop_per_file") or {}).items()})
+    return out
+
+
 def front_table_rows(view: StudyView) -> list[dict[str, Any]]:
     """The parent's front table: the rows `show --json` prints, plus each profile's headline figures."""
     quality_name = view.objective_names[0]
     rows = []
     for row in view.front():
         out = row.to_json(quality_name)
+        if row.report:  # a table cell holds one value: per-file figures become columns
+            for key in ("report_per_file", "report_drop_per_file"):
+                out.pop(key, None)
+            out.update({k: v for k, v in report_metrics(row.report).items() if "." in k})
         for profile, figures in row.per_profile.items():
             out.update({f"{profile}.{k}": v for k, v in figures.items()})
         rows.append(out)

@@ -19,6 +19,7 @@ from search.study.pareto import pareto_front
 OBJECTIVES = ("quality", "latency_p50_ms", "bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 CONSTRAINT_KEY = "quality_drop"
+REPORT_ATTR = "report_split"  # the study attribute search/study/report_split.py writes
 # Each profile's figures a front row carries for every profile (MLflow's front table shows them).
 HEADLINE = ("quality", "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "bytes", "bytes_compressed")
 
@@ -36,6 +37,24 @@ class FrontRow:
     baseline: dict[str, float] | None  # the baseline's on `profile`; None without a completed baseline
     latency_key: str  # the p50 metric on `profile` (estimated profiles name theirs with `est`)
     per_profile: dict[str, dict[str, float]]  # this trial's HEADLINE figures on every profile
+    # Quality on the task's report split (search/study/report_split.py): report_quality, report_per_file,
+    # report_drop, report_drop_per_file, report_breaks_constraint; None when not evaluated.
+    report: dict[str, Any] | None = None
+
+    @property
+    def quality_drop(self) -> float | None:
+        """The drop on the selection split (baseline minus this), as the constraint counts it."""
+        change = self.quality_change
+        return None if change is None else -change
+
+    @property
+    def report_drop(self) -> float | None:
+        return (self.report or {}).get("report_drop")
+
+    @property
+    def breaks_on_report(self) -> bool:
+        """Feasible on the selection split, yet its report-split drop exceeds the allowed drop."""
+        return bool((self.report or {}).get("report_breaks_constraint"))
 
     @property
     def quality(self) -> float | None:
@@ -97,6 +116,8 @@ class FrontRow:
                                "lowbit_simulated_layers": self.lowbit_simulated_layers}
         if self.baseline is not None:
             out.update(quality_change=self.quality_change, x_faster=self.x_faster, x_smaller=self.x_smaller)
+        if self.report is not None:
+            out.update(self.report)
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,7 +126,9 @@ class FrontRow:
                 "latency_p50": self.latency_at("latency_p50"), "latency_p90": self.latency_at("latency_p90"),
                 "latency_p99": self.latency_at("latency_p99"), "bytes": self.bytes,
                 "bytes_compressed": self.bytes_compressed, "x_faster": self.x_faster, "x_smaller": self.x_smaller,
-                "x_smaller_compressed": self.x_smaller_compressed, "recipe": self.recipe}
+                "x_smaller_compressed": self.x_smaller_compressed,
+                "report_quality": (self.report or {}).get("report_quality"), "report_drop": self.report_drop,
+                "report_breaks_constraint": self.breaks_on_report if self.report else None, "recipe": self.recipe}
 
 
 @dataclass
@@ -127,6 +150,8 @@ class TrialView:
     environment: dict[str, str] = field(default_factory=dict)
     kernels: dict[str, dict[str, str]] = field(default_factory=dict)
     artifact_dir: str | None = None
+    student: dict[str, Any] | None = None  # key, cached (hit/miss), from: the trained student it started from
+    report: dict[str, Any] | None = None  # report-split figures (search/study/report_split.py)
 
     def flat_params(self) -> dict[str, Any]:
         out = dict(self.params)
@@ -194,6 +219,9 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         environment=attrs.get("environment", {}),
         kernels=attrs.get("kernels", {}),
         artifact_dir=attrs.get("artifact_dir"),
+        student=None if "student_key" not in attrs else {
+            "key": attrs["student_key"], "cached": attrs.get("student_cached"), "from": attrs.get("student_from"),
+            "seconds": attrs.get("student_seconds")},
     )
 
 
@@ -208,8 +236,11 @@ class StudyView:
     def load(cls, study: optuna.Study) -> StudyView:
         quality = study.user_attrs.get("quality_name", "quality")
         names = (quality, *OBJECTIVES[1:])
-        return cls(study.study_name, dict(study.user_attrs), names,
-                   [trial_view(t, names) for t in study.get_trials(deepcopy=False)])
+        trials = [trial_view(t, names) for t in study.get_trials(deepcopy=False)]
+        report = (study.user_attrs.get(REPORT_ATTR) or {}).get("trials") or {}
+        for t in trials:
+            t.report = report.get(str(t.number))
+        return cls(study.study_name, dict(study.user_attrs), names, trials)
 
     @property
     def baseline(self) -> TrialView | None:
@@ -260,8 +291,10 @@ class StudyView:
         base = self.baseline
         base_figures = self._figures(base, profile) if base is not None and base.values else None
         headline = {p: {k: m[k] for k in HEADLINE if k in m} for p, m in t.metrics.items()}
+        # Report-split figures come from the objective profile's backend: only its row carries them.
+        report = t.report if profile == self.objective_profile else None
         return FrontRow(number, profile, t.summary, figures, base_figures or None,
-                        find_key(figures, "latency_p50") or "latency_p50_ms", headline)
+                        find_key(figures, "latency_p50") or "latency_p50_ms", headline, report)
 
     def front(self, profile: str | None = None) -> list[FrontRow]:
         """The Pareto front of `profile` (default: the study's own), one row per point, ratios against
@@ -285,12 +318,14 @@ class StudyView:
                                                    "metrics": base.metrics},
             "pareto": self.pareto_numbers(),
             "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (remeasure.py)
+            # The baseline and front on the task's report split (report_split.py); None without one.
+            "report_split": self.attrs.get(REPORT_ATTR),
             "front": [r.to_json(quality_name) for r in self.front()],
             "trials": [{
                 "number": t.number, "state": t.state, "baseline": t.baseline, "recipe": t.recipe,
                 "recipe_hash": t.recipe_hash, "summary": t.summary, "params": t.params, "values": t.values,
                 "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
-                "artifact_dir": t.artifact_dir,
+                "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
             } for t in self.trials],
         }

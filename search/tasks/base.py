@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -25,6 +26,15 @@ if TYPE_CHECKING:
 
 Feeds = dict[str, np.ndarray]
 Predict = Callable[[Feeds], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ReportQuality:
+    """Quality on a task's report split: the main figure and, where the split has several files
+    or subsets, each one's (e.g. {"sts2016-plagiarism": 81.2})."""
+
+    quality: float
+    per_file: dict[str, float] = field(default_factory=dict)
 
 
 class Task(ABC):
@@ -80,6 +90,15 @@ class Task(ABC):
         a task whose output is not a logit vector (an embedding, a regression) overrides it.
         """
         return kd_loss(student_out, teacher_out, labels, config.temperature, config.alpha, self.task_loss)
+
+    def evaluate_report(self, predict: Predict) -> ReportQuality | None:
+        """Quality of `predict` on the report split, or None when the task has none (the default).
+
+        The report split is never used for choosing: not for the quality constraint, the
+        sampler, calibration or distillation. It is evaluated once, for the final front and the
+        baseline, with the backend that measured quality, to show how much of a front's quality
+        holds on data it was not selected on (search/study/report_split.py)."""
+        return None
 
     def cached_fp32_export(self) -> Artifact | None:
         """An ONNX export of `build_model()` (with its layer -> node map) kept from an earlier run,

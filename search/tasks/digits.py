@@ -3,7 +3,10 @@
 The input is always a flat (batch, 64) float tensor; the CNN reshapes it to 1x8x8 itself,
 so export, calibration and measurement are the same for both models.
 
-Fixed split from a seeded permutation: 1,197 train / 200 calibration / 400 test. The
+Fixed split from a seeded permutation: 400 test (the selection split: quality constraint and
+every choice) / 200 calibration / 300 report (held out: evaluated only for the final front,
+never trained, calibrated or selected on) / 897 train. The report split is carved from what
+was the tail of the training data, so the test split is the same 400 images as before. The
 model is trained once and cached under `cache_dir`, keyed by a hash of everything that
 changes its weights, so a second run reuses it and a changed recipe retrains.
 """
@@ -19,10 +22,10 @@ import torch
 from torch import nn
 
 from search.params import Rule
-from search.tasks.base import Feeds, Predict, Task
+from search.tasks.base import Feeds, Predict, ReportQuality, Task
 
 _SPLIT_SEED = 20261127
-N_CALIBRATION, N_TEST = 200, 400
+N_CALIBRATION, N_TEST, N_REPORT = 200, 400, 300
 
 
 class DigitsMLP(nn.Module):
@@ -87,7 +90,9 @@ class DigitsTask(Task):
         y = data.target.astype(np.int64)
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
         test, calib, train = np.split(order, [N_TEST, N_TEST + N_CALIBRATION])
-        return {"train": (x[train], y[train]), "calibration": (x[calib], y[calib]), "test": (x[test], y[test])}
+        train, report = train[:-N_REPORT], train[-N_REPORT:]
+        return {"train": (x[train], y[train]), "calibration": (x[calib], y[calib]), "test": (x[test], y[test]),
+                "report": (x[report], y[report])}
 
     def _hidden(self) -> tuple[int, ...]:
         h = int(self.options.get("hidden", 256))
@@ -102,7 +107,7 @@ class DigitsTask(Task):
     def training_key(self) -> str:
         recipe = {"task": self.name, "model": self._kind(), "architecture": self._architecture(),
                   "epochs": self.options.get("epochs", 60),
-                  "seed": self.options.get("seed", 0), "split": _SPLIT_SEED, "version": 1}
+                  "seed": self.options.get("seed", 0), "split": _SPLIT_SEED, "report": N_REPORT, "version": 2}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     def build_model(self, trained: bool = True) -> nn.Module:
@@ -144,10 +149,16 @@ class DigitsTask(Task):
     def query_feeds(self, batch_size: int) -> Feeds:
         return {"x": self._splits["test"][0][:batch_size]}
 
-    def evaluate(self, predict: Predict) -> float:
-        x, y = self._splits["test"]
+    def _accuracy(self, predict: Predict, split: str) -> float:
+        x, y = self._splits[split]
         logits = np.concatenate([predict({"x": x[i:i + 100]}) for i in range(0, len(x), 100)])
         return float((logits.argmax(axis=1) == y).mean())
+
+    def evaluate(self, predict: Predict) -> float:
+        return self._accuracy(predict, "test")
+
+    def evaluate_report(self, predict: Predict) -> ReportQuality:
+        return ReportQuality(self._accuracy(predict, "report"))
 
     def train_batches(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
         x, y = (torch.from_numpy(a) for a in self._splits["train"])

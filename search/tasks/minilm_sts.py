@@ -7,7 +7,11 @@ mask, L2-normalised. Quality is Spearman's rank correlation x100 between the cos
 two embeddings and the gold score, averaged over the evaluation files (`<sts_dir>/*.tsv`);
 per-file scores and the embedding fidelity (mean cosine to the fp32 model's embeddings) are
 extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` only, minus
-any sentence that also occurs in an evaluation file.
+any sentence that also occurs in an evaluation or report file.
+
+The evaluation files are the selection split (the quality constraint and every choice); the
+files in `report_dir` (e.g. `test`, relative to sts_dir) are the report split, evaluated only
+for the final front (Task.evaluate_report).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from torch import nn
 
 from search.errors import UserError
 from search.params import Rule
-from search.tasks.base import Feeds, Predict, Task
+from search.tasks.base import Feeds, Predict, ReportQuality, Task
 
 if TYPE_CHECKING:
     from hardware.artifact import Artifact
@@ -113,6 +117,9 @@ class MiniLMSTSTask(Task):
                         help=f"folder of score<TAB>s1<TAB>s2 files; '' = ${STS_DIR_ENV} or {DEFAULT_STS_DIR}"),
         "datasets": Rule("str", default="", searchable=False,
                          help="comma-separated file stems to evaluate on; '' = every .tsv in sts_dir"),
+        "report_dir": Rule("str", default="", searchable=False,
+                           help="folder of report-split .tsv files (relative to sts_dir, e.g. test), evaluated "
+                                "only for the final front; '' = no report split"),
         "max_pairs": Rule("int", default=0, minimum=0, searchable=False,
                           help="seeded subsample of pairs per file; 0 = all"),
         "max_length": Rule("int", default=128, minimum=8, maximum=512, searchable=False,
@@ -143,6 +150,17 @@ class MiniLMSTSTask(Task):
                             f"or ${STS_DIR_ENV}; relative paths start at the current directory {os.getcwd()})")
         return path
 
+    def _read_sets(self, files: list[Path]) -> dict[str, list[tuple[float, str, str]]]:
+        max_pairs = int(self._opt("max_pairs"))
+        sets = {}
+        for f in files:
+            pairs = read_pairs(f)
+            if max_pairs and len(pairs) > max_pairs:
+                keep = np.sort(np.random.default_rng(_SPLIT_SEED).choice(len(pairs), max_pairs, replace=False))
+                pairs = [pairs[i] for i in keep]
+            sets[f.stem] = pairs
+        return sets
+
     @cached_property
     def eval_sets(self) -> dict[str, list[tuple[float, str, str]]]:
         files = sorted(self.sts_dir.glob("*.tsv"))
@@ -156,38 +174,53 @@ class MiniLMSTSTask(Task):
             files = [known[w] for w in wanted]
         if not files:
             raise UserError(f"task minilm-sts: no .tsv evaluation files in {self.sts_dir}")
-        max_pairs = int(self._opt("max_pairs"))
-        sets = {}
-        for f in files:
-            pairs = read_pairs(f)
-            if max_pairs and len(pairs) > max_pairs:
-                keep = np.sort(np.random.default_rng(_SPLIT_SEED).choice(len(pairs), max_pairs, replace=False))
-                pairs = [pairs[i] for i in keep]
-            sets[f.stem] = pairs
-        return sets
+        return self._read_sets(files)
 
     @cached_property
-    def eval_sentences(self) -> list[str]:
-        """Unique evaluation sentences, shortest first so that batches pad little."""
-        unique = {s for pairs in self.eval_sets.values() for _, a, b in pairs for s in (a, b)}
+    def report_sets(self) -> dict[str, list[tuple[float, str, str]]]:
+        """The report split's files ({} without `report_dir`)."""
+        raw = str(self._opt("report_dir"))
+        if not raw:
+            return {}
+        folder = self.sts_dir / Path(raw).expanduser()  # an absolute report_dir stays absolute
+        files = sorted(folder.glob("*.tsv")) if folder.is_dir() else []
+        if not files:
+            what = "is not a folder" if not folder.is_dir() else "holds no .tsv files"
+            raise UserError(f"task minilm-sts: report_dir {raw!r} ({folder}) {what}; give a folder of "
+                            f"score<TAB>s1<TAB>s2 files relative to sts_dir, or '' for no report split")
+        return self._read_sets(files)
+
+    @staticmethod
+    def _sorted_sentences(sets: dict[str, list[tuple[float, str, str]]]) -> list[str]:
+        """Unique sentences, shortest first so that batches pad little."""
+        unique = {s for pairs in sets.values() for _, a, b in pairs for s in (a, b)}
         tok = _tokenizer()
         return sorted(unique, key=lambda s: (len(tok(s, truncation=True, max_length=512)["input_ids"]), s))
 
     @cached_property
+    def eval_sentences(self) -> list[str]:
+        return self._sorted_sentences(self.eval_sets)
+
+    @cached_property
+    def report_sentences(self) -> list[str]:
+        return self._sorted_sentences(self.report_sets)
+
+    @cached_property
     def train_text(self) -> list[str]:
-        """Sentences from `<sts_dir>/train/`, never one that is also in an evaluation file."""
+        """Sentences from `<sts_dir>/train/`, never one that is also in an evaluation or report file."""
         train_dir = self.sts_dir / "train"
         files = sorted(train_dir.glob("*.tsv"))
         if not files:
             raise UserError(f"task minilm-sts: no training text in {train_dir} (calibration and distillation need it)")
-        evaluation = {s for pairs in self.eval_sets.values() for _, a, b in pairs for s in (a, b)}
+        evaluation = {s for sets in (self.eval_sets, self.report_sets) for pairs in sets.values()
+                      for _, a, b in pairs for s in (a, b)}
         text = sorted({s for f in files for _, a, b in read_pairs(f) for s in (a, b)} - evaluation)
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(text))
         return [text[i] for i in order]
 
     def check_data(self) -> None:
         # The folder, its evaluation files and the training text (each raises a one-line UserError).
-        _ = self.eval_sets, self.train_text
+        _ = self.eval_sets, self.report_sets, self.train_text
 
     def _encode(self, sentences: list[str], max_length: int, pad_to: int | None = None) -> Feeds:
         enc = _tokenizer()(sentences, truncation=True, max_length=pad_to or max_length, return_tensors="np",
@@ -260,13 +293,15 @@ class MiniLMSTSTask(Task):
         self._last = (predict, emb)
         return emb
 
-    def spearman_per_set(self, emb: np.ndarray) -> dict[str, float]:
+    def spearman_per_set(self, emb: np.ndarray, sentences: list[str] | None = None,
+                         sets: dict[str, list[tuple[float, str, str]]] | None = None) -> dict[str, float]:
+        """Spearman x100 per file of `sets` (default: the evaluation files), `emb` row i embedding `sentences[i]`."""
         from scipy.stats import spearmanr
 
-        index = {s: i for i, s in enumerate(self.eval_sentences)}
+        index = {s: i for i, s in enumerate(self.eval_sentences if sentences is None else sentences)}
         norm = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         scores = {}
-        for stem, pairs in self.eval_sets.items():
+        for stem, pairs in (self.eval_sets if sets is None else sets).items():
             a = norm[[index[p[1]] for p in pairs]]
             b = norm[[index[p[2]] for p in pairs]]
             rho = spearmanr((a * b).sum(axis=1), [p[0] for p in pairs]).statistic
@@ -276,6 +311,13 @@ class MiniLMSTSTask(Task):
     def evaluate(self, predict: Predict) -> float:
         scores = self.spearman_per_set(self._embeddings(predict))
         return float(np.mean(list(scores.values())))
+
+    def evaluate_report(self, predict: Predict) -> ReportQuality | None:
+        if not self.report_sets:
+            return None
+        emb = self.embed(predict, self.report_sentences)
+        scores = self.spearman_per_set(emb, self.report_sentences, self.report_sets)
+        return ReportQuality(float(np.mean(list(scores.values()))), scores)
 
     def extra_metrics(self, predict: Predict) -> dict[str, float]:
         emb = self._embeddings(predict)

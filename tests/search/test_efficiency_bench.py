@@ -1,0 +1,59 @@
+"""The efficiency benchmark's arithmetic on a real Optuna study, and the spaces it derives."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from search.benchmarks.efficiency import Run, hypervolume_curve, mean_curve, method_space, reach
+from search.study.view import CONSTRAINT_KEY, DIRECTIONS
+
+
+def _study(tmp_path, rows):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=list(DIRECTIONS))
+    for values, excess, attrs, state in rows:
+        trial = study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if state == "pruned":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trial.set_constraint(CONSTRAINT_KEY, excess)
+        study.tell(trial, values)
+    return storage
+
+
+def test_hypervolume_grows_only_with_feasible_better_points(tmp_path):
+    storage = _study(tmp_path, [
+        ((0.96, 1.0, 1000.0), -1.0, {"baseline": True}, "complete"),
+        ((0.80, 0.1, 10.0), 0.14, {}, "complete"),      # infeasible: does not count
+        ((0.95, 0.5, 500.0), -0.01, {}, "complete"),    # feasible, twice as fast and small
+        (None, None, {}, "pruned"),                     # rejected early
+        ((0.95, 0.25, 250.0), -0.01, {}, "complete"),   # better still
+    ])
+    run = Run("digits", "guided", 0)
+    hypervolume_curve("s", storage, max_drop=0.02, run=run)
+    assert run.trials == [1, 2, 3, 4, 5]
+    assert run.rejected == 1
+    assert run.hv[0] == run.hv[1] == pytest.approx(0.1 * 0.1 * 1.1 / 1.1**3)  # the baseline's corner alone:
+    # an infeasible point, however fast, adds nothing
+    assert run.hv[1] < run.hv[2] == run.hv[3] < run.hv[4] < 1.0
+    assert reach(run, run.hv[4]) == (5, run.seconds[4])
+    assert reach(run, 1.0) == (None, None)
+
+
+def test_mean_curve_holds_a_short_runs_last_value():
+    a = Run("d", "tpe", 0, trials=[1, 2, 3], seconds=[1, 2, 3], hv=[0.0, 0.2, 0.4])
+    b = Run("d", "tpe", 1, trials=[1, 2], seconds=[1, 2], hv=[0.0, 0.6])
+    assert mean_curve([a, b], 3) == pytest.approx([0.0, 0.4, 0.5])
+
+
+def test_methods_differ_only_in_sampler_guide_and_assignment():
+    spaces = {m: method_space("spaces/digits.yaml", m) for m in ("random", "tpe", "guided")}
+    assert spaces["random"]["sampler"] == "random" and spaces["tpe"]["sampler"] == "tpe"
+    assert not any(spaces["tpe"]["guide"].values()) and all(spaces["guided"]["guide"].values())
+    assert spaces["guided"]["techniques"]["quantize"]["assign"] == "sensitivity"
+    for data in spaces.values():
+        data.pop("sampler"), data.pop("guide"), data["techniques"]["quantize"].pop("assign")
+    assert spaces["random"] == spaces["tpe"] == spaces["guided"]
