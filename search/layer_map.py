@@ -61,3 +61,25 @@ def map_layers_by_value(proto: onnx.ModelProto, model: nn.Module) -> dict[str, s
                 if node is not None:
                     out[name] = node
     return out
+
+
+def _node_weights(proto: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Node name -> the value key of its constant weight (second input), for nodes that have one."""
+    initializers = {i.name: i for i in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if len(node.input) >= 2 and node.input[1] in initializers:
+            weight = numpy_helper.to_array(initializers[node.input[1]])
+            if weight.dtype == np.float32:
+                out[node.name] = _key(weight)
+    return out
+
+
+def follow_nodes_by_weight(before: onnx.ModelProto, after: onnx.ModelProto, nodes: set[str]) -> dict[str, str]:
+    """For `nodes` of `before`, the node of `after` with the same constant weight (a graph rewrite such as
+    ORT's pre-processing may rename nodes or turn MatMul + Add into Gemm, but keeps weights as they are)."""
+    keys = _node_weights(before)
+    index: dict[tuple[tuple[int, ...], str], str] = {}
+    for name, key in _node_weights(after).items():
+        index.setdefault(key, name)
+    return {node: index[keys[node]] for node in nodes if node in keys and keys[node] in index}

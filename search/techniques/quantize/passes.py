@@ -43,6 +43,7 @@ from search.errors import UserError
 from search.techniques import graph as rw
 from search.techniques.quantize.config import INT4_BLOCK, SIMULATED_BITS, QuantizeConfig, layers_with
 from search.techniques.quantize.embeddings import MIN_ROWS, quantize_embeddings
+from search.techniques.quantize.preprocess import infer_types, preprocess
 
 _LEVELS = {"int2": np.array([-1.5, -0.5, 0.5, 1.5], np.float32), "binary": np.array([-1.0, 1.0], np.float32)}
 _CODE_BITS = {"int2": 2, "binary": 1}
@@ -139,22 +140,31 @@ def _quiet_quantizer():
             lg.setLevel(level)
 
 
-def _int8_ptq(src: Path, nodes: list[str], config: QuantizeConfig,
+def _int8_ptq(model: onnx.ModelProto, nodes: list[str], config: QuantizeConfig,
               feeds: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration]
     with tempfile.TemporaryDirectory(prefix="compsearch-q8-") as tmp, _quiet_quantizer():
-        out = Path(tmp) / "int8.onnx"
+        src, out = Path(tmp) / "in.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(infer_types(model), str(src))
         quantize_static(
             str(src), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ,
             # u8 activations x s8 weights: the pairing ONNX Runtime's x86 integer kernels favour.
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes, per_channel=config.per_channel, calibrate_method=method,
-            extra_options=_FUSED_TYPES,
+            reduce_range=config.reduce_range,
+            extra_options={**_FUSED_TYPES, "ActivationSymmetric": config.symmetric_activations},
         )
-        return onnx.load(str(out))
+        model = onnx.load(str(out))
+    # Each layer must read a quantized activation, else ORT runs it in fp32 with int8-stored weights only.
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    fp32 = [name for name in nodes if name in by_name and producer.get(by_name[name].input[0]) != "DequantizeLinear"]
+    if fp32:
+        raise RuntimeError(f"int8 static: ONNX Runtime's quantizer left the activations of {fp32} in fp32")
+    return model
 
 
 def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], config: QuantizeConfig) -> tuple[onnx.ModelProto,
@@ -172,8 +182,8 @@ def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], config: QuantizeConf
         src, out = Path(tmp) / "in.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=config.per_channel,
-                         nodes_to_quantize=nodes, op_types_to_quantize=["MatMul", "Attention"],
-                         extra_options=_FUSED_TYPES)
+                         reduce_range=config.reduce_range, nodes_to_quantize=nodes,
+                         op_types_to_quantize=["MatMul", "Attention"], extra_options=_FUSED_TYPES)
         model = onnx.load(str(out))
     return model, _renamed_nodes(model, nodes, ("MatMulInteger", "QAttention"), "_quant", "int8 dynamic")
 
@@ -189,7 +199,8 @@ def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_types: tuple[str
     return {name: f"{name}{suffix}" for name in nodes}
 
 
-def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.ModelProto, dict[str, str]]:
+def _int4(model: onnx.ModelProto, nodes: list[str], block: int,
+          accuracy_level: int = 0) -> tuple[onnx.ModelProto, dict[str, str]]:
     for name in nodes:
         rw.gemm_to_matmul(model, name)
     # nodes_to_include only adds to the MatMul op type the quantizer takes anyway: every other
@@ -197,6 +208,7 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.Mo
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
     with _quiet_quantizer():
         quantizer = _nbits_module().MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=False,
+                                                         accuracy_level=accuracy_level or None,
                                                          nodes_to_include=nodes, nodes_to_exclude=others)
         quantizer.process()
     model = quantizer.model.model
@@ -216,22 +228,26 @@ def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds:
     if missing:
         raise UserError(f"quantize: layers {missing} have no node in the exported ONNX graph")
     node_of = artifact.layer_nodes
-    layer_nodes = dict(node_of)
     int8 = layers_with(bits, "int8")
-    if int8 and learned is None and config.activations == "dynamic":
-        model, renamed = _int8_dynamic(onnx.load(str(artifact.path)), [node_of[layer] for layer in int8], config)
-        layer_nodes.update({layer: renamed[node_of[layer]] for layer in int8})
-    elif int8 and learned is None:
-        model = _int8_ptq(artifact.path, [node_of[layer] for layer in int8], config, calibration_feeds)
+    if int8 and learned is None and config.preprocess:
+        model, node_of = preprocess(artifact.path, node_of)
     else:
         model = onnx.load(str(artifact.path))
+    layer_nodes = dict(node_of)
+    if int8 and learned is None and config.activations == "dynamic":
+        model, renamed = _int8_dynamic(model, [node_of[layer] for layer in int8], config)
+        layer_nodes.update({layer: renamed[node_of[layer]] for layer in int8})
+    elif int8 and learned is None:
+        model = _int8_ptq(model, [node_of[layer] for layer in int8], config, calibration_feeds)
+    else:
         for layer in int8:
             if layer not in (learned or {}):
                 raise RuntimeError(f"quantize: QAT learned no scales for int8 layer {layer!r}")
             rw.qdq_linear(model, node_of[layer], **learned[layer])
     int4 = layers_with(bits, "int4")
     if int4:
-        model, renamed = _int4(model, [node_of[layer] for layer in int4], config.block_size)
+        model, renamed = _int4(model, [node_of[layer] for layer in int4], config.block_size,
+                               config.int4_accuracy_level)
         layer_nodes.update({layer: renamed[node_of[layer]] for layer in int4})
     if config.embedding_bits != "fp32":
         width = {"int8": 8, "int4": 4, "int2": 2}[config.embedding_bits]

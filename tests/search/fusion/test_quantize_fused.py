@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -75,3 +76,36 @@ def test_int8_static_after_fusion_and_int4_embeddings(task, tmp_path) -> None:
     assert all(layers[f"{L1}.{p}"]["kernel"] == "MatMul" for p in QKV)  # Q/DQ around it: ORT runs it int8
     assert quality > 0.97
     assert json.loads((tmp_path / "layers.json").read_text())[f"{L0}.attention.self.key"]["bits"] == "int8"
+
+
+def test_ort_quantizer_knobs_reach_the_quantizer(task, tmp_path) -> None:
+    """reduce_range, pre-processing, symmetric activations and the int4 accuracy level each change the
+    artifact in the way ONNX Runtime documents (and per-layer control survives pre-processing)."""
+    import onnx
+    from onnx import numpy_helper
+
+    bits = {f"{L0}.{p}": "int8" for p in (*QKV, "intermediate.dense")}
+    plain, layers, _, _ = build(task, tmp_path / "plain", bits, activations="dynamic")
+    knobbed, layers_k, _, quality = build(task, tmp_path / "knobs", bits, activations="dynamic", reduce_range=True,
+                                          preprocess=True)
+    assert layers_k[f"{L0}.attention.self.query"]["kernel"] == "com.microsoft.QAttention" and quality > 0.99
+    assert layers_k[f"{L0}.intermediate.dense"]["kernel"] == "MatMulInteger"
+
+    def int8_weights(path: Path) -> list:
+        model = onnx.load(str(path))
+        return [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    # reduce_range: 7-bit weights, |w| <= 64, where the full range reaches 127.
+    assert max(abs(int(w.min())) for w in int8_weights(plain.path)) > 100
+    assert max(max(abs(int(w.min())), int(w.max())) for w in int8_weights(knobbed.path)) <= 64
+
+    static, _, _, quality = build(task, tmp_path / "sym", bits, activations="static", symmetric_activations=True)
+    model = onnx.load(str(static.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    act_zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"
+                       and n.input[2] in inits and inits[n.input[2]].dtype == np.uint8]
+    assert act_zero_points and all(int(z.flat[0]) == 128 for z in act_zero_points)  # symmetric u8: midpoint
+    assert quality > 0.97
+
+    int4, _, _, _ = build(task, tmp_path / "acc", {f"{L1}.output.dense": "int4"}, int4_accuracy_level=4)
+    node = next(n for n in onnx.load(str(int4.path)).graph.node if n.op_type == "MatMulNBits")
+    assert next(a.i for a in node.attribute if a.name == "accuracy_level") == 4
