@@ -32,6 +32,7 @@ from search.errors import UserError
 from search.options import RunOptions
 from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
+from search.sensitivity import needs_sensitivity
 from search.space import SearchSpace
 from search.storage import open_storage, storage_takes_parallel_writers
 from search.students import cache_cap as student_cache_cap
@@ -40,6 +41,7 @@ from search.study.tracking import Tracker
 from search.study.view import CONSTRAINT_KEY, DIRECTIONS, OBJECTIVES, StudyView
 from search.study_paths import remove_inside, study_dir
 from search.tasks import TASKS
+from search.techniques import SampleContext
 from search.trial_runner import TrialFailure, TrialRunner
 from search.workers import launch_workers
 
@@ -112,12 +114,23 @@ class Objective:
     def __init__(self, space: SearchSpace, runner: TrialRunner, results_dir: Path):
         self.space, self.runner, self.results_dir = space, runner, results_dir
 
+    def context(self, study: optuna.Study) -> SampleContext | None:
+        """What sampling needs beyond the space: the sensitivity table, measured once per study (by the
+        first trial that samples; kept as the study's `sensitivity` attribute) when the space asks for it."""
+        if not needs_sensitivity(self.space):
+            return None
+        table = study.user_attrs.get("sensitivity")
+        if table is None:
+            table = self.runner.sensitivity()
+            study.set_user_attr("sensitivity", table)
+        return SampleContext(sensitivity=table["error"])
+
     def trial_dir(self, study: optuna.Study, number: int) -> Path:
         return study_dir(self.results_dir, study.study_name) / f"trial-{number}"
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         baseline = bool(trial.user_attrs.get("baseline"))
-        recipe = Recipe() if baseline else self.space.sample(trial)
+        recipe = Recipe() if baseline else self.space.sample(trial, self.context(trial.study))
         trial.set_user_attr("recipe", recipe.to_dict())
         trial.set_user_attr("recipe_hash", recipe.hash)
         trial.set_user_attr("summary", recipe.summary())
@@ -224,6 +237,17 @@ def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callabl
         recover_stale_trials(study)
 
 
+def _enqueue_anchors(study: optuna.Study, space: SearchSpace, budget: int, say: Callable[[str], None]) -> None:
+    """After the baseline, before sampling: the standard recipes of this space (search/guide.py)."""
+    from search.anchors import enqueue_anchors
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    labels = enqueue_anchors(study, space, budget - budget_used(trials) - waiting)
+    if labels:
+        say(f"anchors: {len(labels)} standard recipe(s) of this space run first: {'; '.join(labels)}")
+
+
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -295,6 +319,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                 if base.state == TrialState.FAIL:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
+            if coordinator and space.guide.anchors:
+                _enqueue_anchors(study, space, options.trials, progress.say)
             if coordinator and options.workers > 1:
                 workers = launch_workers(space.file, options, deadline)
             while deadline is None or time.monotonic() < deadline:

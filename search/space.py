@@ -21,12 +21,13 @@ from hardware.safe_yaml import load_file
 from hardware.schema import Rule, explain
 from hardware.schema import validate as validate_schema
 from search.errors import SpaceError, allowed_list
+from search.guide import GUIDE_SCHEMA, Guide
 from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, parse_options
 from search.recipe import Recipe
 from search.tasks import TASKS
 from search.tasks.loader import resolve_task
-from search.techniques import REGISTRY, TechniqueSpace
+from search.techniques import REGISTRY, SampleContext, TechniqueSpace
 from search.units import parse_duration, parse_size
 
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -82,6 +83,7 @@ SPACE_SCHEMA: dict[str, Rule] = {
                              help="a trial whose process uses more memory (512MB, 4GB, 2GiB) is killed and failed"),
     }),
     "sampler": Rule("str", default="tpe", choices=SAMPLERS, help="Optuna's sampler"),
+    "guide": GUIDE_SCHEMA,  # anchors, student reuse, early rejection (search/guide.py)
     "techniques": Rule("mapping", default={}, keys=tuple(REGISTRY.names()),
                        text="a mapping of technique name to its settings",
                        help="the techniques searched, each with its keys (see below); a technique left out never "
@@ -107,14 +109,16 @@ class SearchSpace:
     layers: tuple[LayerInfo, ...] = field(default=())
     trial_timeout_s: float | None = None  # a trial running longer is killed and recorded as failed
     trial_memory_bytes: int | None = None  # likewise for the trial process's resident memory
+    guide: Guide = field(default_factory=Guide)  # how the sampler is guided; not in the hash (no distribution changes)
 
     def technique_layers(self, tech: TechniqueSpace) -> list[LayerInfo]:
         return list(tech.layers)
 
-    def sample(self, trial: optuna.Trial) -> Recipe:
+    def sample(self, trial: optuna.Trial, context: SampleContext | None = None) -> Recipe:
+        """One recipe for `trial`; `context` carries what the study measured (the sensitivity table)."""
         steps = []
         for tech in self.techniques:  # in the registry's model-stage order
-            config = REGISTRY.named(tech.name).sample(trial, tech)
+            config = REGISTRY.named(tech.name).sample(trial, tech, context)
             if config is not None:
                 steps.append(config)
         return Recipe(tuple(steps))
@@ -242,6 +246,7 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
         max_quality_drop=top["constraints"]["max_quality_drop"], trials=budget["trials"], timeout_s=budget["timeout"],
         sampler=top["sampler"], techniques=tuple(techniques), layers=tuple(layers),
         trial_timeout_s=budget["trial_timeout"], trial_memory_bytes=budget["trial_memory"],
+        guide=Guide.from_validated(top["guide"]),
     )
 
 

@@ -86,6 +86,24 @@ def student_key(task: Task, model_id: str, prefix: Recipe, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+@contextlib.contextmanager
+def key_lock(folder: Path, key: str, shared: bool, wait: bool = True) -> Iterator[bool]:
+    """flock on folder/locks/<key>.lock: exclusive for whoever writes the entry, shared for readers.
+    Yields whether it is held (always True when `wait`). A lock dies with its process."""
+    (folder / "locks").mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, mode)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 @dataclass(frozen=True)
 class StudentRecord:
     """What a trial records about its student: `cached` is 'hit' or 'miss', `built_by` the trial
@@ -111,20 +129,8 @@ class StudentCache:
             self._ids[id(model)] = model_identity(model)
         return self._ids[id(model)]
 
-    @contextlib.contextmanager
-    def _lock(self, key: str, shared: bool, wait: bool = True) -> Iterator[bool]:
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
-            try:
-                fcntl.flock(fd, mode)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)  # closing releases the lock
+    def _lock(self, key: str, shared: bool, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+        return key_lock(self.root, key, shared, wait)
 
     def _load(self, key: str, state: CompressionState) -> dict[str, Any] | None:
         entry = self.root / key

@@ -67,10 +67,16 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
             except Exception as exc:  # noqa: BLE001 - the reason is recorded, the study goes on
                 conn.send(("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}"))
             continue
-        _, recipe_json, workdir = message
         try:
-            result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
-                                     students)
+            if message[0] == "sensitivity":
+                from search.sensitivity import study_sensitivity
+
+                result = study_sensitivity(space, task, model, Path(cache_dir).parent.parent,
+                                           students.identity(model) if students else None)
+            else:
+                _, recipe_json, workdir = message
+                result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
+                                         students)
             conn.send(("ok", result))
         except MemoryError:
             conn.send(("error", "out of memory: MemoryError while evaluating the trial"))
@@ -104,6 +110,11 @@ class TrialRunner:
     def evaluate(self, recipe_json: str, workdir: Path) -> dict[str, Any]:
         """Evaluate one recipe; raise TrialFailure with the reason if it fails in any way."""
         return self._ask(("eval", recipe_json, str(workdir)))
+
+    def sensitivity(self) -> dict[str, Any]:
+        """The space's per-layer sensitivity table (search/sensitivity.py), measured in the trial process
+        (which holds the model) under the same limits as a trial, or read from its cache."""
+        return self._ask(("sensitivity",))
 
     def evaluate_report(self, artifact_dir: Path) -> dict[str, Any] | None:
         """The report-split quality of the artifact in `artifact_dir` ({"quality", "per_file"}), or None

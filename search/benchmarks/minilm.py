@@ -7,8 +7,9 @@ Side by side in one process, on ONNX Runtime's CPU provider with 2 threads, batc
 tokens: the fp32 model, `quantize_dynamic` int8, MatMulNBits int4 (block 32, RTN), the expert
 baselines of baselines.py (fused fp32; fused + quantize_dynamic per-channel, reduce_range,
 pre-processing; fused + MatMulNBits int4 block 32 / 128 with int4 embeddings), and the
-Pareto points of all completed trials of a search (run here with `--trials`, seeded with the
-recipes in SEEDS, or read from an existing `--study` in `--results-dir`). Quality is the task's
+Pareto points of all completed trials of a search (run here with `--trials` on the plain space,
+whose study starts with the anchors the space implies, or read from an existing `--study` in
+`--results-dir`). Quality is the task's
 Spearman x100 on every artifact as ONNX Runtime runs it; latency is interleaved: each round
 times every artifact in turn, so drift on a shared host hits all of them alike. Writes
 `minilm.md`, `minilm.csv` and `minilm.png` under `--out`, with each method's hypervolume; every
@@ -118,15 +119,11 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
     space = load_space(space_file, results_dir / "cache" / "models")
     name = study or space.name
     if trials:
-        def run(n: int) -> None:
-            code = main(["run", space_file, "--study", name, "--trials", str(n), "--results-dir", str(results_dir),
-                         "--seed", "0"])
-            if code != 0:
-                raise SystemExit(code)
-
-        run(1)  # the fp32 baseline first: every other trial's constraint is measured against it
-        enqueue_seeds(space, default_storage(results_dir), name, trials - 1)
-        run(trials)
+        # The plain space: the study's own anchors (search/guide.py) try the standard recipes first.
+        code = main(["run", space_file, "--study", name, "--trials", str(trials), "--results-dir", str(results_dir),
+                     "--seed", "0"])
+        if code != 0:
+            raise SystemExit(code)
     from search.study.pareto import pareto_front
     from search.study.view import DIRECTIONS
 
@@ -139,38 +136,6 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
         t = done[number]
         points.append(Point(f"search #{number}: {t.summary}", "search", Path(t.artifact_dir) / MODEL_FILE))
     return points
-
-
-# Recipes the search starts from (Optuna runs enqueued trials first, then samples on its own):
-# the structural cuts the issue measured without retraining, now with distillation, each with
-# the bit-width every quantized Linear layer takes.
-SEEDS: tuple[tuple[dict[str, object], str], ...] = (
-    # Size: one layer fewer, distilled back, int4 Linear layers and int4 embeddings at block 128.
-    ({"transformer_prune.keep_layers": 5, "transformer_prune.ffn_ratio": 0.0, "transformer_prune.heads_ratio": 0.0,
-      "distill.epochs": 2, "distill.lr": 1.0e-4, "quantize.embedding_bits": "int4", "quantize.block_size": 128},
-     "int4"),
-    # Speed: the same cut with int8 weights and per-batch activation ranges, int8 embeddings.
-    ({"transformer_prune.keep_layers": 5, "transformer_prune.ffn_ratio": 0.0, "transformer_prune.heads_ratio": 0.0,
-      "distill.epochs": 2, "distill.lr": 1.0e-4, "quantize.embedding_bits": "int8", "quantize.block_size": 128,
-      "quantize.activations": "dynamic"}, "int8"),
-    # Deeper: two layers fewer and a quarter of the FFN neurons, distilled for 3 epochs.
-    ({"transformer_prune.keep_layers": 4, "transformer_prune.ffn_ratio": 0.25, "transformer_prune.heads_ratio": 0.0,
-      "distill.epochs": 3, "distill.lr": 2.0e-4, "quantize.embedding_bits": "int8", "quantize.block_size": 128,
-      "quantize.activations": "dynamic"}, "int8"),
-)
-
-
-def enqueue_seeds(space, storage: str, study_name: str, budget: int) -> None:
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    if any(t.user_attrs.get("bench_seed") for t in study.trials):
-        return  # a rerun of the benchmark: the seeds are in already
-    quantize = [tech for tech in space.techniques if tech.name == "quantize"]
-    layers = [layer.name for tech in quantize for layer in space.technique_layers(tech)]
-    for params, bits in SEEDS[:budget]:
-        study.enqueue_trial({**params, **{f"quantize.bits.{layer}": bits for layer in layers}},
-                            user_attrs={"bench_seed": True})
 
 
 def measure(points: list[Point], query: dict[str, np.ndarray], rounds: int, per_round: int) -> None:

@@ -181,6 +181,10 @@ class Tracker:
             "recipe_hash": view.recipe_hash or "",
             "space_hash": self.space_hash,
         }
+        if view.anchor:
+            tags["anchor"] = view.anchor[:TAG_MAX]
+        if view.rejected:
+            tags["rejected"] = "true"
         if view.failure_reason:
             tags["failure_reason"] = view.failure_reason[:TAG_MAX]
         for k, v in view.environment.items():

@@ -8,11 +8,19 @@ the only list of techniques and holds both stage orders.
 import importlib
 import pkgutil
 
-from search.techniques.base import CompressionState, FrozenMap, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques.base import (
+    Anchor,
+    CompressionState,
+    FrozenMap,
+    SampleContext,
+    Technique,
+    TechniqueConfig,
+    TechniqueSpace,
+)
 from search.techniques.registry import REGISTRY, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["REGISTRY", "CompressionState", "FrozenMap", "Technique", "TechniqueConfig", "TechniqueSpace",
-           "register"]
+__all__ = ["REGISTRY", "Anchor", "CompressionState", "FrozenMap", "SampleContext", "Technique", "TechniqueConfig",
+           "TechniqueSpace", "register"]

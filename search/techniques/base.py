@@ -122,6 +122,35 @@ class TechniqueSpace:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SampleContext:
+    """What the study knows beyond the space when a trial is sampled (none of it Optuna's).
+
+    `sensitivity`: bit-width -> {layer: how much quality that layer alone loses at that bit-width},
+    measured once per study (search/sensitivity.py); None until it exists. Quantize's
+    `assign: sensitivity` mode orders its layers by it."""
+
+    sensitivity: Mapping[str, Mapping[str, float]] | None = None
+
+    def ranking(self, bits: str, layers: list[str]) -> list[str]:
+        """`layers`, the most sensitive at `bits` first (model order breaks ties; unmeasured layers last)."""
+        table = (self.sensitivity or {}).get(bits, {})
+        order = {name: i for i, name in enumerate(layers)}
+        return sorted(layers, key=lambda name: (-table.get(name, float("-inf")), order[name]))
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """One standard setting of a technique, as the Optuna params its `sample` reads.
+
+    Params, not a config: the study enqueues them, so the sampler learns from the anchor like
+    from any sampled trial. `label` reads "<technique> <setting>" ("quantize int8 dynamic
+    per-channel") and marks the trial in progress lines, `show`, MLflow and the report."""
+
+    label: str
+    params: dict[str, Any]
+
+
 @dataclass
 class CompressionState:
     """Everything one candidate's compression works on, handed to every stage hook.
@@ -182,10 +211,17 @@ class Technique(ABC):
       that prefix; student techniques run before every other (the registry checks this).
     - `check(file, key, space)`: space-time checks beyond the per-key rules (a fixed rank
       larger than a matched layer); raise `SpaceError` naming `key`.
-    - `sample(trial, space)`: the config for one Optuna trial, or None to leave the
-      technique out. Sample only the parameters that matter for the values already drawn.
-    - `anchors(space)`: the standard settings of this technique alone that the space allows
-      (a study tries them early); default none.
+    - `sample(trial, space, context=None)`: the config for one Optuna trial, or None to leave
+      the technique out. Sample only the parameters that matter for the values already drawn.
+      `context` (a `SampleContext`) carries what the study measured beyond the space (the
+      per-layer sensitivity table); a technique that needs none ignores it.
+    - `anchors(space)`: the standard settings of this technique alone that the space allows, as
+      `Anchor`s (a label and the Optuna params `sample` would read for them); a study runs them
+      right after the baseline (search/guide.py). Default none.
+      `anchor_priority` orders techniques' anchors (quantization's are cheap and strong: 0).
+    - `off_params(space)`: the params under which `sample` leaves the technique out (or, when the
+      space cannot leave it out, takes its mildest setting): what another technique's anchor
+      runs beside. Default none (a technique whose sample draws nothing).
     - `apply_model(state, config)`: the PyTorch stage, on `state.model` (replace it, never
       change it in place); `apply_graph(state, config)`: the ONNX stage, on `state.artifact`
       (rewrite its file, update its layer -> node map). Both default to doing nothing.
@@ -203,17 +239,23 @@ class Technique(ABC):
     order: ClassVar[int]
     graph_order: ClassVar[int | None] = None
     student: ClassVar[bool] = False
+    anchor_priority: ClassVar[int] = 1  # whose anchors a study runs first (lower first)
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:  # noqa: B027 - optional hook
         """Raise SpaceError if the space asks for something this technique cannot do."""
 
     @abstractmethod
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> TechniqueConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> TechniqueConfig | None:
         """This technique's config for one trial, or None to leave it out."""
 
-    def anchors(self, space: TechniqueSpace) -> list[TechniqueConfig]:
-        """The standard settings of this technique alone that the space allows."""
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        """The standard settings of this technique alone that the space allows, most useful first."""
         return []
+
+    def off_params(self, space: TechniqueSpace) -> dict[str, Any]:
+        """Optuna params under which `sample` returns None (else its mildest setting)."""
+        return {}
 
     def apply_model(self, state: CompressionState, config: TechniqueConfig) -> None:  # noqa: B027 - optional hook
         """The PyTorch stage: replace `state.model`, record notes."""

@@ -24,7 +24,8 @@ from torch import nn
 
 from search.errors import UserError
 from search.params import Rule
-from search.techniques.base import CompressionState, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques import anchoring as pick
+from search.techniques.base import Anchor, CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.factorize import LowRank
 from search.techniques.prune import ELEMENTWISE_MODULES, Chain, chains
 from search.techniques.registry import register
@@ -78,7 +79,8 @@ class Distill(Technique):
     order = 40
     student = True
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> DistillConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> DistillConfig | None:
         dims = space.dims
         epochs = int(dims["epochs"].suggest(trial, "distill.epochs"))
         if epochs == 0:
@@ -91,6 +93,21 @@ class Distill(Technique):
             lr=float(dims["lr"].suggest(trial, "distill.lr")),
             drop_blocks=int(dims["drop_blocks"].suggest(trial, "distill.drop_blocks")),
         )
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        epochs = pick.mild(space.dims["epochs"])
+        return [] if epochs is None else [Anchor(f"distill {epochs} epoch(s)", self._params(space, epochs))]
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        return self._params(space, pick.off_or(space.dims["epochs"], 0, pick.lowest))
+
+    @staticmethod
+    def _params(space: TechniqueSpace, epochs: int) -> dict:
+        # The space's first listed settings (its author's default), and no block removed: the mildest.
+        dims = space.dims
+        return {"distill.epochs": epochs, "distill.temperature": pick.first(dims["temperature"]),
+                "distill.alpha": pick.first(dims["alpha"]), "distill.lr": pick.first(dims["lr"]),
+                "distill.drop_blocks": pick.lowest(dims["drop_blocks"])}
 
     def apply_model(self, state: CompressionState, config: DistillConfig) -> None:
         assert state.task is not None, "distillation needs the task's training data"

@@ -13,8 +13,18 @@ import optuna
 from hardware.errors import SpaceError, allowed_list
 from search.layers import LayerInfo, carry_over, layer_patterns, match_layers
 from search.params import Categorical, Range, Rule
-from search.techniques.base import CompressionState, FrozenMap, Technique, TechniqueSpace, layers_setting
+from search.techniques.base import (
+    Anchor,
+    CompressionState,
+    FrozenMap,
+    SampleContext,
+    Technique,
+    TechniqueSpace,
+    layers_setting,
+)
 from search.techniques.quantize import qat
+from search.techniques.quantize.anchors import quantize_anchors, quantize_off
+from search.techniques.quantize.assign import ASSIGN, sample_by_sensitivity
 from search.techniques.quantize.config import (
     ACTIVATIONS,
     BITS,
@@ -66,6 +76,10 @@ class Quantize(Technique):
                        items=Rule("patterns", searchable=False, parse=layer_patterns),
                        text="a mapping of group names to layer-name patterns, e.g. {attention: '*.attention.*'}",
                        help="{name: pattern(s)}: the layers of a group share one searched bit-width"),
+        "assign": Rule("str", default="per_layer", choices=ASSIGN, searchable=False,
+                       help="per_layer: one searched bit-width per layer (or group); sensitivity: the sampler picks "
+                            "a floor bit-width and how many of the most sensitive layers stay above it, and the "
+                            "study's per-layer sensitivity table decides which"),
     }
     conditions = {"qat_epochs": "mode is qat", "calibration": "mode is ptq, activations static and a layer is int8",
                   "per_channel": "mode is ptq and a layer is int8", "activations": "mode is ptq and a layer is int8",
@@ -76,6 +90,7 @@ class Quantize(Technique):
                   "int4_accuracy_level": "a layer is int4"}
     order = 60
     graph_order = 60
+    anchor_priority = 0  # int8 everywhere: seconds to build, and the one-liner every front must beat
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:
         """Block sizes are powers of 2; groups match searched layers; int4 (MatMulNBits) and QAT take Linear
@@ -88,6 +103,10 @@ class Quantize(Technique):
         for value in blocks.choices:
             if int(value) & (int(value) - 1):
                 raise SpaceError(file, f"{key}.block_size", "must be a power of 2 (16, 32, 64, 128, ...)", value)
+        if space.settings.get("assign") == "sensitivity" and space.settings.get("groups"):
+            raise SpaceError(file, f"{key}.groups", "applies to 'assign: per_layer' only (in 'assign: sensitivity' "
+                             "the sensitivity ranking places the layers): drop one of them",
+                             list(space.settings["groups"]))
         for group, patterns in (space.settings.get("groups") or {}).items():
             if not match_layers(layers, patterns):
                 raise SpaceError(file, f"{key}.groups.{group}", "matches none of the searched layers; they are: "
@@ -102,11 +121,17 @@ class Quantize(Technique):
                                  f"{value!r} or narrow {key}.layers to Linear layers", list(dim.choices))
 
     def describe(self, space: TechniqueSpace) -> list[str]:
+        if space.settings.get("assign") == "sensitivity":
+            listed = tuple(space.dims["bits"].choices)
+            return [f"quantize assign sensitivity: samples quantize.floor (one of {allowed_list(listed)}) and, per "
+                    f"bit-width above it, quantize.keep.<bits> (0..{len(space.layers)} layers), placed by the "
+                    "study's sensitivity ranking"]
         return [f"quantize group {group!r} shares one value ({len(members)}): {', '.join(members)}"
                 for group, patterns in (space.settings.get("groups") or {}).items()
                 for members in [[layer.name for layer in match_layers(list(space.layers), patterns)]]]
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> QuantizeConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> QuantizeConfig | None:
         dims = space.dims
         groups = space.settings.get("groups") or {}
         chosen: dict[str, str] = {}  # group -> its bit-width, sampled once
@@ -120,7 +145,10 @@ class Quantize(Technique):
                 chosen[group] = dims["bits"].suggest(trial, f"quantize.bits.group.{group}")
             return chosen[group]
 
-        layer_bits = {layer.name: bits_for(layer) for layer in space.layers}
+        if space.settings.get("assign") == "sensitivity":
+            layer_bits = sample_by_sensitivity(trial, space, context)
+        else:
+            layer_bits = {layer.name: bits_for(layer) for layer in space.layers}
         embedding_bits = dims["embedding_bits"].suggest(trial, "quantize.embedding_bits")
         if embedding_bits == "fp32" and all(bits == "fp32" for bits in layer_bits.values()):
             return None
@@ -147,6 +175,12 @@ class Quantize(Technique):
         return QuantizeConfig(layer_bits=layer_bits, calibration=calibration, per_channel=per_channel, mode=mode,
                               qat_epochs=qat_epochs, activations=activations, embedding_bits=embedding_bits,
                               block_size=block_size, **knobs)
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        return quantize_anchors(space)  # every searched layer at each listed bit-width (anchors.py)
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        return quantize_off(space)
 
     def apply_model(self, state: CompressionState, config: QuantizeConfig) -> None:
         # Bits were sampled for the uncompressed model's layers; earlier steps may have split or merged them.

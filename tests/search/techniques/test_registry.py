@@ -11,7 +11,7 @@ import pytest
 
 from search.params import Categorical
 from search.recipe import Recipe
-from search.techniques import REGISTRY, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques import REGISTRY, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.registry import Registry
 
 SEARCH = Path(__file__).resolve().parents[3] / "search"
@@ -38,7 +38,9 @@ def test_every_technique_has_the_shape_the_contract_states() -> None:
         for key, rule in {**technique.rules, **technique.settings}.items():
             assert rule.help, f"{technique.name}.{key} has no help (compsearch validate --explain prints it)"
         assert set(technique.conditions) <= set(technique.rules)
-        assert technique.anchors(TechniqueSpace(technique.name, {})) == []  # the default hook: none yet
+        # Every technique says what its standard setting is, and how to leave it out (tests/search/test_guide.py).
+        own = type(technique)
+        assert own.anchors is not Technique.anchors and own.off_params is not Technique.off_params
 
 
 def test_recipes_resolve_their_type_tags_through_the_registry() -> None:
@@ -61,7 +63,8 @@ class Toy(Technique):
     config_type = ToyConfig
     order = 45
 
-    def sample(self, trial: optuna.Trial, space: TechniqueSpace) -> ToyConfig | None:
+    def sample(self, trial: optuna.Trial, space: TechniqueSpace,
+               context: SampleContext | None = None) -> ToyConfig | None:
         return ToyConfig(level=space.dims["level"].suggest(trial, "toy.level"))
 
 
