@@ -36,6 +36,7 @@ from search.tasks.text import read_sentences, text_paths
 
 if TYPE_CHECKING:
     from hardware.artifact import Artifact
+    from search.fusion import FusionSpec
 
 DEFAULT_STS_DIR = "../shared/data/sts"
 STS_DIR_ENV = "COMPSEARCH_STS_DIR"
@@ -54,7 +55,8 @@ class SentenceEmbedder(nn.Module):
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2.0, dim=-1)
+        # F.normalize's own pattern stops ONNX Runtime's transformer optimizer; this is the same value.
+        return pooled / torch.sqrt((pooled * pooled).sum(dim=-1, keepdim=True)).clamp(min=1e-12)
 
 
 def model_path() -> str:
@@ -269,6 +271,13 @@ class MiniLMSTSTask(Task):
         batch = torch.export.Dim("batch", min=1, max=4096)
         seq = torch.export.Dim("seq", min=2, max=512)
         return ({0: batch, 1: seq}, {0: batch, 1: seq})
+
+    def fusion(self, model: nn.Module) -> FusionSpec:
+        """A BERT encoder: fused by ONNX Runtime's optimizer as model type "bert", one attention op and two
+        SkipLayerNormalization per layer still computing (head counts per layer come from the graph)."""
+        from search.fusion import FusionSpec, count_encoder_layers
+
+        return FusionSpec("bert", count_encoder_layers(model))
 
     def calibration_feeds(self) -> list[Feeds]:
         n = int(self._opt("calibration_sentences"))

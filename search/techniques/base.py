@@ -170,6 +170,11 @@ class CompressionState:
     learned: dict[str, dict] = field(default_factory=dict)  # QAT: int8 parameters per layer for the ONNX stage
     artifact: Artifact | None = None  # the ONNX artifact, once exported
     changed: bool = False  # some model-stage step replaced `model`
+    # Bit-widths a fused node packing several layers (q/k/v in one Attention weight) can take; graph
+    # fusion keeps those layers apart when theirs differ or fall outside (search/fusion/stage.py).
+    packable_bits: frozenset[str] = frozenset({"fp32"})
+    # Why the embedding lookups must stay Gather nodes (not fused into EmbedLayerNormalization), or "".
+    keep_embedding_gathers: str = ""
 
     def __post_init__(self) -> None:
         if self.teacher is None:
