@@ -19,6 +19,7 @@ from hardware.sizes import artifact_bytes, compressed_bytes
 # a backend needs it, the compressed module's torch.export program. Only `Artifact.load` reads
 # them back by these names.
 MODEL_FILE, LAYERS_FILE, PROGRAM_FILE = "model.onnx", "layers.json", "model.pt2"
+GRAPH_FILE = "graph.json"  # what graph optimisation did to the whole model (fusions), when it ran
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Artifact:
     layers: dict[str, dict] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)  # params, MACs of the compressed model
     program: Path | None = None
+    graph: dict = field(default_factory=dict)  # graph-level record (fusions); empty when none ran
 
     @property
     def bytes(self) -> int:
@@ -48,6 +50,8 @@ class Artifact:
     def save_records(self) -> None:
         """Write the layer records beside the model (reports, MLflow and `load` read them)."""
         (self.path.parent / LAYERS_FILE).write_text(json.dumps(self.layers, indent=1))
+        if self.graph:
+            (self.path.parent / GRAPH_FILE).write_text(json.dumps(self.graph, indent=1))
 
     @classmethod
     def load(cls, directory: Path) -> Artifact:
@@ -56,5 +60,8 @@ class Artifact:
         with contextlib.suppress(OSError, ValueError):
             layers = json.loads((directory / LAYERS_FILE).read_text())
         nodes = {name: info["node"] for name, info in layers.items() if info.get("node")}
+        graph: dict = {}
+        with contextlib.suppress(OSError, ValueError):
+            graph = json.loads((directory / GRAPH_FILE).read_text())
         program = directory / PROGRAM_FILE
-        return cls(directory / MODEL_FILE, nodes, layers, program=program if program.exists() else None)
+        return cls(directory / MODEL_FILE, nodes, layers, program=program if program.exists() else None, graph=graph)

@@ -2,8 +2,9 @@
 
     build_student   the student stages (techniques marked `student`: their output is a trained
                     fp32 model that depends only on the recipe up to them), on a copy of the model
-    finish          the other model-stage techniques, export to ONNX, (the place reserved for
-                    graph optimisation), the ONNX-stage techniques, then what each layer became
+    finish          the other model-stage techniques, export to ONNX (for a transformer task: exported
+                    for fusion and fused, search/fusion/), the ONNX-stage techniques, then what each
+                    layer became (graph.json: what fused)
     build_artifact  both, one after the other
 
 Both stages loop over the technique registry in its orders (search/techniques/registry.py);
@@ -18,11 +19,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
 import torch
 from torch import nn
 
 from hardware.artifact import MODEL_FILE, PROGRAM_FILE, Artifact
 from search.export import export_onnx, export_program
+from search.fusion.stage import fuse_stage
 from search.layers import discover_layers
 from search.recipe import Recipe
 from search.techniques import REGISTRY, CompressionState, Technique
@@ -85,8 +88,14 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
     path = workdir / MODEL_FILE
     # No model-stage step replaced the model: it is the task's own, and a task may hand out its
     # cached export (a transformer's export takes longer than quantizing it).
-    cached = task.cached_fp32_export() if not state.changed else None
-    if cached is not None:
+    fusion = task.fusion(model)
+    cached = task.cached_fp32_export() if not state.changed and fusion is None else None
+    if fusion is not None:
+        # A transformer: exported the way ONNX Runtime's optimizer recognises, then fused (search/fusion/).
+        fusions = fuse_stage(state, fusion, path)
+        assert state.artifact is not None
+        state.artifact.graph = {"fusion": fusions.to_dict(), "metrics": fusions.metrics()}
+    elif cached is not None:
         shutil.copyfile(cached.path, path)
         state.artifact = Artifact(path, dict(cached.layer_nodes))
     else:
@@ -95,8 +104,7 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
     if program:
         state.artifact.program = export_program(model, task.example_inputs(), workdir / PROGRAM_FILE,
                                                 task.dynamic_shapes())
-    # Graph optimisations of the exported model (e.g. ONNX Runtime's transformer fusion) go here:
-    # after export, before the ONNX-stage techniques, which then work on the optimised graph.
+    # The ONNX-stage techniques work on the exported graph, fused above when the task is a transformer.
     for technique in REGISTRY.graph_order():
         config = recipe.get(technique.name)
         if config is not None:
@@ -105,7 +113,7 @@ def finish(state: CompressionState, recipe: Recipe, workdir: Path, program: bool
     artifact.layers = describe_layers(state)
     params, macs = count_params_macs(model, task.example_inputs())  # per sample: batch of 1
     artifact.stats = {"params": float(params), "macs": float(macs),
-                      "params_nonzero": float(count_nonzero_params(model))}
+                      "params_nonzero": float(count_nonzero_params(model)), **artifact.graph.get("metrics", {})}
     return artifact
 
 
@@ -125,21 +133,39 @@ def _notes_for(name: str, notes: dict[str, dict]) -> dict:
     return merged
 
 
+def _node_ops(path: Path) -> dict[str, str]:
+    """Node name -> op type (with its domain when not the default one) in the ONNX file at `path`."""
+    if not path.exists():
+        return {}
+    graph = onnx.load(str(path)).graph
+    return {n.name: f"{n.domain + '.' if n.domain and n.domain != 'ai.onnx' else ''}{n.op_type}" for n in graph.node}
+
+
 @torch.no_grad()
 def describe_layers(state: CompressionState) -> dict[str, dict]:
     """What each layer became: shape, parameter count, sparsity, bit-width, ONNX node, and what the
     techniques recorded for it (rank, channels kept, merged layers, ...)."""
     model, notes = state.model, state.notes
+    ops = _node_ops(state.artifact.path) if state.artifact is not None else {}
+    sharing: dict[str, list[str]] = {}
+    for layer, node in state.layer_nodes.items():
+        sharing.setdefault(node, []).append(layer)
     out = {}
     for info in discover_layers(model):
         weight = model.get_submodule(info.name).weight
+        node = state.layer_nodes.get(info.name)
+        packed = [la for la in sharing.get(node, []) if la != info.name] if node else []
         out[info.name] = {
             "kind": info.kind,
             "shape": list(info.weight_shape),
             "params": int(weight.numel()),
             "sparsity": round(float((weight == 0).float().mean()), 4),
             "bits": state.bits_of(info.name),
-            "node": state.layer_nodes.get(info.name),
+            "node": node,
+            # The op the artifact computes this layer with (runtimes may fuse further: the backend
+            # records what really ran); layers packed into one node take one bit-width.
+            "kernel": ops.get(node) if node else None,
+            **({"packed_with": ", ".join(packed)} if packed else {}),
             **_notes_for(info.name, notes),
         }
     # Layers that no longer exist (merged away) still get their record.

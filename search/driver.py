@@ -153,7 +153,7 @@ class Objective:
         values = tuple(float(v) for v in result["values"])
         if not all(math.isfinite(v) for v in values):
             raise TrialFailure(f"not a number: the trial produced non-finite objective values {values}")
-        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback", "phase_seconds"):
+        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback", "timings"):
             if key in result:
                 trial.set_user_attr(key, result[key])
         for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
@@ -237,6 +237,17 @@ def _wait_for_baseline(study: optuna.Study, deadline: float | None, say: Callabl
         recover_stale_trials(study)
 
 
+def _enqueue_anchors(study: optuna.Study, space: SearchSpace, budget: int, say: Callable[[str], None]) -> None:
+    """After the baseline, before sampling: the standard recipes of this space (search/guide.py)."""
+    from search.anchors import enqueue_anchors
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    labels = enqueue_anchors(study, space, budget - budget_used(trials) - waiting)
+    if labels:
+        say(f"anchors: {len(labels)} standard recipe(s) of this space run first: {'; '.join(labels)}")
+
+
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -308,6 +319,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                 if base.state == TrialState.FAIL:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
+            if coordinator and space.guide.anchors:
+                _enqueue_anchors(study, space, options.trials, progress.say)
             if coordinator and options.workers > 1:
                 workers = launch_workers(space.file, options, deadline)
             while deadline is None or time.monotonic() < deadline:

@@ -20,7 +20,8 @@ from hardware.profiles import load_profile
 from hardware.safe_yaml import load_file
 from hardware.schema import Rule, explain
 from hardware.schema import validate as validate_schema
-from search.errors import SpaceError, allowed_list
+from search.errors import SpaceError, UserError, allowed_list
+from search.guide import GUIDE_SCHEMA, Guide
 from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, parse_options
 from search.recipe import Recipe
@@ -82,6 +83,7 @@ SPACE_SCHEMA: dict[str, Rule] = {
                              help="a trial whose process uses more memory (512MB, 4GB, 2GiB) is killed and failed"),
     }),
     "sampler": Rule("str", default="tpe", choices=SAMPLERS, help="Optuna's sampler"),
+    "guide": GUIDE_SCHEMA,  # anchors, student reuse, early rejection (search/guide.py)
     "techniques": Rule("mapping", default={}, keys=tuple(REGISTRY.names()),
                        text="a mapping of technique name to its settings",
                        help="the techniques searched, each with its keys (see below); a technique left out never "
@@ -107,6 +109,7 @@ class SearchSpace:
     layers: tuple[LayerInfo, ...] = field(default=())
     trial_timeout_s: float | None = None  # a trial running longer is killed and recorded as failed
     trial_memory_bytes: int | None = None  # likewise for the trial process's resident memory
+    guide: Guide = field(default_factory=Guide)  # how the sampler is guided; not in the hash (no distribution changes)
 
     def technique_layers(self, tech: TechniqueSpace) -> list[LayerInfo]:
         return list(tech.layers)
@@ -214,7 +217,12 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
                          "beside it, never optimized for)", objective)
 
     task = task_cls(task_options, cache_dir)
-    task.check_data()
+    try:
+        task.check_data()
+    except SpaceError:
+        raise
+    except UserError as exc:  # the task names the option; say which space file set it
+        raise UserError(f"{file}: {exc}") from None
     layers = list(task.layers())
     techniques = []
     for technique in REGISTRY.model_order():
@@ -243,6 +251,7 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
         max_quality_drop=top["constraints"]["max_quality_drop"], trials=budget["trials"], timeout_s=budget["timeout"],
         sampler=top["sampler"], techniques=tuple(techniques), layers=tuple(layers),
         trial_timeout_s=budget["trial_timeout"], trial_memory_bytes=budget["trial_memory"],
+        guide=Guide.from_validated(top["guide"]),
     )
 
 

@@ -4,12 +4,16 @@
         [--results-dir results/minilm-bench] [--out results/bench] [--rounds 6]
 
 Side by side in one process, on ONNX Runtime's CPU provider with 2 threads, batch 8 x 64
-tokens: the fp32 model, `quantize_dynamic` int8, MatMulNBits int4 (block 32, RTN), and the
-Pareto points of all completed trials of a search (run here with `--trials`, seeded with the
-recipes in SEEDS, or read from an existing `--study` in `--results-dir`). Quality is the task's
+tokens: the fp32 model, `quantize_dynamic` int8, MatMulNBits int4 (block 32, RTN), the expert
+baselines of baselines.py (fused fp32; fused + quantize_dynamic per-channel, reduce_range,
+pre-processing; fused + MatMulNBits int4 block 32 / 128 with int4 embeddings), and the
+Pareto points of all completed trials of a search (run here with `--trials` on the plain space,
+whose study starts with the anchors the space implies, or read from an existing `--study` in
+`--results-dir`). Quality is the task's
 Spearman x100 on every artifact as ONNX Runtime runs it; latency is interleaved: each round
 times every artifact in turn, so drift on a shared host hits all of them alike. Writes
-`minilm.md`, `minilm.csv` and `minilm.png` under `--out`, with each method's hypervolume.
+`minilm.md`, `minilm.csv` and `minilm.png` under `--out`, with each method's hypervolume; every
+point's ratios are given against unfused fp32 and against the best expert baseline.
 
 Goal (issue 7): a point >= 2x faster than fp32 at <= 0.5 points mean Spearman drop, and a point
 >= 8x smaller at <= 1.0 point drop.
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.artifact import MODEL_FILE
+from search.benchmarks.baselines import expert_baselines
 
 GOAL_SPEED = (2.0, 0.5)  # (x faster, max drop)
 GOAL_SIZE = (8.0, 1.0)   # (x smaller, max drop)
@@ -47,6 +52,7 @@ class Point:
     quality: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
     samples_ms: list[float] = field(default_factory=list)
+    expert: bool = False  # one of the expert baselines (search/benchmarks/baselines.py)
 
     @property
     def p50(self) -> float:
@@ -113,15 +119,11 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
     space = load_space(space_file, results_dir / "cache" / "models")
     name = study or space.name
     if trials:
-        def run(n: int) -> None:
-            code = main(["run", space_file, "--study", name, "--trials", str(n), "--results-dir", str(results_dir),
-                         "--seed", "0"])
-            if code != 0:
-                raise SystemExit(code)
-
-        run(1)  # the fp32 baseline first: every other trial's constraint is measured against it
-        enqueue_seeds(space, default_storage(results_dir), name, trials - 1)
-        run(trials)
+        # The plain space: the study's own anchors (search/guide.py) try the standard recipes first.
+        code = main(["run", space_file, "--study", name, "--trials", str(trials), "--results-dir", str(results_dir),
+                     "--seed", "0"])
+        if code != 0:
+            raise SystemExit(code)
     from search.study.pareto import pareto_front
     from search.study.view import DIRECTIONS
 
@@ -134,38 +136,6 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
         t = done[number]
         points.append(Point(f"search #{number}: {t.summary}", "search", Path(t.artifact_dir) / MODEL_FILE))
     return points
-
-
-# Recipes the search starts from (Optuna runs enqueued trials first, then samples on its own):
-# the structural cuts the issue measured without retraining, now with distillation, each with
-# the bit-width every quantized Linear layer takes.
-SEEDS: tuple[tuple[dict[str, object], str], ...] = (
-    # Size: one layer fewer, distilled back, int4 Linear layers and int4 embeddings at block 128.
-    ({"transformer_prune.keep_layers": 5, "transformer_prune.ffn_ratio": 0.0, "transformer_prune.heads_ratio": 0.0,
-      "distill.epochs": 2, "distill.lr": 1.0e-4, "quantize.embedding_bits": "int4", "quantize.block_size": 128},
-     "int4"),
-    # Speed: the same cut with int8 weights and per-batch activation ranges, int8 embeddings.
-    ({"transformer_prune.keep_layers": 5, "transformer_prune.ffn_ratio": 0.0, "transformer_prune.heads_ratio": 0.0,
-      "distill.epochs": 2, "distill.lr": 1.0e-4, "quantize.embedding_bits": "int8", "quantize.block_size": 128,
-      "quantize.activations": "dynamic"}, "int8"),
-    # Deeper: two layers fewer and a quarter of the FFN neurons, distilled for 3 epochs.
-    ({"transformer_prune.keep_layers": 4, "transformer_prune.ffn_ratio": 0.25, "transformer_prune.heads_ratio": 0.0,
-      "distill.epochs": 3, "distill.lr": 2.0e-4, "quantize.embedding_bits": "int8", "quantize.block_size": 128,
-      "quantize.activations": "dynamic"}, "int8"),
-)
-
-
-def enqueue_seeds(space, storage: str, study_name: str, budget: int) -> None:
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    if any(t.user_attrs.get("bench_seed") for t in study.trials):
-        return  # a rerun of the benchmark: the seeds are in already
-    quantize = [tech for tech in space.techniques if tech.name == "quantize"]
-    layers = [layer.name for tech in quantize for layer in space.technique_layers(tech)]
-    for params, bits in SEEDS[:budget]:
-        study.enqueue_trial({**params, **{f"quantize.bits.{layer}": bits for layer in layers}},
-                            user_attrs={"bench_seed": True})
 
 
 def measure(points: list[Point], query: dict[str, np.ndarray], rounds: int, per_round: int) -> None:
@@ -194,9 +164,19 @@ def hypervolume_of(points: list[Point], base: Point) -> float:
     return hypervolume(losses) / REF ** 3
 
 
+def best_baselines(points: list[Point]) -> tuple[Point | None, Point | None]:
+    """(fastest, smallest) expert baseline within the speed / size goal's drop: what a search point must beat."""
+    base = points[0]
+    experts = [p for p in points if p.expert]
+    fast = [p for p in experts if base.quality - p.quality <= GOAL_SPEED[1]]
+    small = [p for p in experts if base.quality - p.quality <= GOAL_SIZE[1]]
+    return (min(fast, key=lambda p: p.p50) if fast else None, min(small, key=lambda p: p.bytes) if small else None)
+
+
 def write(points: list[Point], out: Path, context: dict[str, str]) -> str:
     base = points[0]
     out.mkdir(parents=True, exist_ok=True)
+    fastest, smallest = best_baselines(points)
     stems = sorted(k.removeprefix("spearman_") for k in base.extra if k.startswith("spearman_"))
     rows = []
     for p in points:
@@ -206,6 +186,10 @@ def write(points: list[Point], out: Path, context: dict[str, str]) -> str:
             **{s: round(p.extra.get(f"spearman_{s}", float("nan")), 2) for s in stems},
             "fidelity": round(p.extra.get("embedding_fidelity", float("nan")), 4),
             "p50_ms": round(p.p50, 1), "speedup": round(speed, 2), "bytes": p.bytes, "smaller": round(small, 2),
+            # Against the best expert baseline (fused, ORT alone) as well as against unfused fp32.
+            "speedup_vs_best": round(fastest.p50 / p.p50, 2) if fastest else float("nan"),
+            "drop_vs_best": round(fastest.quality - p.quality, 2) if fastest else float("nan"),
+            "smaller_vs_best": round(smallest.bytes / p.bytes, 2) if smallest else float("nan"),
             "goal_2x_0.5": speed >= GOAL_SPEED[0] and drop <= GOAL_SPEED[1],
             "goal_8x_1.0": small >= GOAL_SIZE[0] and drop <= GOAL_SIZE[1],
         })
@@ -219,12 +203,16 @@ def write(points: list[Point], out: Path, context: dict[str, str]) -> str:
     hv = {m: hypervolume_of(ps, base) for m, ps in methods.items()}
     _plot(points, out / "minilm.png")
 
-    cols = ["name", "spearman", "drop", *stems, "fidelity", "p50_ms", "speedup", "bytes", "smaller",
-            "goal_2x_0.5", "goal_8x_1.0"]
-    lines = ["# minilm-sts: search front vs one-line alternatives", "",
+    cols = ["name", "spearman", "drop", *stems, "fidelity", "p50_ms", "speedup", "speedup_vs_best", "drop_vs_best",
+            "bytes", "smaller", "smaller_vs_best", "goal_2x_0.5", "goal_8x_1.0"]
+    lines = ["# minilm-sts: search front vs one-line alternatives and expert baselines", "",
              "ONNX Runtime CPU provider, 2 intra-op threads, batch 8 x 64 tokens; quality = Spearman x100 of "
              "cosine vs gold, mean over the evaluation files; drop against fp32 in points.", "",
-             *[f"- {k}: {v}" for k, v in context.items()], "",
+             *[f"- {k}: {v}" for k, v in context.items()],
+             f"- best expert baseline for speed (fastest within {GOAL_SPEED[1]} drop; `speedup_vs_best`, "
+             f"`drop_vs_best`): {fastest.name if fastest else 'none within the drop'}",
+             f"- best expert baseline for size (smallest within {GOAL_SIZE[1]} drop; `smaller_vs_best`): "
+             f"{smallest.name if smallest else 'none within the drop'}", "",
              "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", "Hypervolume (share of the box drop/10 pts x latency/fp32 x bytes/fp32 up to 1.1, "
@@ -302,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     points = [Point("fp32", "fp32", fp32),
               Point("quantize_dynamic int8", "int8 dynamic", int8_dynamic(fp32, work / "int8_dynamic.onnx")),
               Point("MatMulNBits int4 (b32, RTN)", "int4 MatMulNBits", int4_nbits(fp32, work / "int4.onnx"))]
+    # What an expert gets from ONNX Runtime alone (fused graphs): every point is also compared with the best.
+    points += [Point(name, method, path, expert=True) for name, method, path in expert_baselines(task, work)]
     if args.trials or args.study:
         points += search_points(args.space, results_dir, args.study, args.trials)
     for p in points:

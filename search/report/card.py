@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hardware.artifact import MODEL_FILE
 from search.errors import UserError
-from search.report.data import LAYER_COLUMNS, read_layers
+from search.report.data import LAYER_COLUMNS, fusion_line, read_fusion, read_layers
 from search.report.fmt import cell, num, ratio
 from search.study.figures import figure_kind
 from search.study.view import StudyView, TrialView
@@ -144,6 +144,7 @@ def export_trial(view: StudyView, number: int, out: Path) -> Path:
              "`sim` are estimates or simulations, labelled so.", ""]
     lines += _figures(view, trial)
     lines += _report_split(view, trial)
+    lines += ["", "## Graph fusion", "", f"- {fusion_line(read_fusion(trial))}"]
     lines += ["", "## What each layer became", ""] + _layers(trial)
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in trial.environment.items()]
     lines += ["", "## Recipe (JSON)", "", "Rebuild with `search.recipe.Recipe.from_dict`:", "", "```json",

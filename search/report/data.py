@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hardware.artifact import LAYERS_FILE
+from hardware.artifact import GRAPH_FILE, LAYERS_FILE
 from search.report.hypervolume import progress
 from search.study.figures import figure_kind
 from search.study.view import DIRECTIONS, FrontRow, StudyView, TrialView
@@ -199,6 +199,30 @@ def read_layers(trial: TrialView) -> dict[str, dict[str, Any]]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_fusion(trial: TrialView) -> dict[str, Any]:
+    """What graph fusion did to the trial's artifact (graph.json), or {} when none ran or it is gone."""
+    if not trial.artifact_dir:
+        return {}
+    try:
+        return json.loads((Path(trial.artifact_dir) / GRAPH_FILE).read_text()).get("fusion", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def fusion_line(fusion: dict[str, Any]) -> str:
+    """One line saying what fused (op counts), which attention op and why, and what did not fuse."""
+    if not fusion:
+        return "no graph fusion (the task is not a transformer, or the artifact predates fusion)"
+    counts = ", ".join(f"{n} {op}" for op, n in fusion.get("counts", {}).items() if n) or "nothing"
+    line = f"{fusion.get('model_type')}: {counts}; attention as {fusion.get('attention_op')} " \
+           f"({fusion.get('attention_reason')})"
+    if fusion.get("embeddings_unfused"):
+        line += f"; embeddings not fused ({fusion['embeddings_unfused']})"
+    if not fusion.get("complete", True):
+        line += f"; INCOMPLETE: {'; '.join(fusion.get('missing', []))}"
+    return line
 
 
 def _spread(profiles: dict[str, ProfileData], view: StudyView) -> list[SpreadRow]:

@@ -11,7 +11,7 @@ from html import escape
 from typing import Any
 
 from search.report import fmt
-from search.report.data import LAYER_COLUMNS, Pick, ProfileData, ReportData, grouped_picks
+from search.report.data import LAYER_COLUMNS, Pick, ProfileData, ReportData, fusion_line, grouped_picks, read_fusion
 from search.report.plots import line_svg, scatter_svg
 from search.study.figures import figure_kind
 from search.study.view import FrontRow
@@ -127,7 +127,7 @@ def _layer_table(d: ReportData, number: int) -> str:
             cells.append((e(fmt.cell(value)), style))
         cells.append(e(kernels.get(name, "-")))
         rows.append(cells)
-    header = ["layer", *(e(c) for c in columns), "kernel"]
+    header = ["layer", *(e(c) for c in columns), "ran as"]  # `kernel` (layers.json) is the artifact's op
     return _table(header, rows)
 
 
@@ -151,6 +151,7 @@ def _pick_card(d: ReportData, group: list[Pick]) -> str:
             + f"{_report_flag(row)}</div>")
     return (f'<div class="card" id="pick-{t.number}"><h3 class="wide">{e(title)}: trial {t.number}</h3>'
             f'<div><p class="legend">{e(rule)}</p>{figs}<p class="recipe">{e(t.summary)}</p>'
+            f'<p class="legend">graph fusion: {e(fusion_line(read_fusion(t)))}</p>'
             f"<details><summary>Full recipe (JSON)</summary><pre>{e(json.dumps(t.recipe, indent=2))}</pre>"
             f"</details></div><div><h3>What each layer became</h3>{_layer_table(d, t.number)}</div></div>")
 

@@ -46,7 +46,7 @@ class Progress:
             what = f"{self.quality_name} {q:.4f}  p50 {lat:.4f} ms  {format_bytes(size)}{mark}"
         else:
             what = f"{t.state}: {t.failure_reason or 'no reason recorded'}"
-        label = "baseline" if t.baseline else t.summary
+        label = "baseline" if t.baseline else t.summary + (f" [anchor: {t.anchor}]" if t.anchor else "")
         self.say(f"[{n:>{len(str(self.total))}}/{self.total}] trial {number} {t.state.lower()}  {what}  "
                  f"| {label} | elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}")
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hardware.artifact import LAYERS_FILE, MODEL_FILE
+from hardware.artifact import GRAPH_FILE, LAYERS_FILE, MODEL_FILE
 from search.mlflow_names import safe_key
 from search.study.view import StudyView, TrialView
 
@@ -181,6 +181,10 @@ class Tracker:
             "recipe_hash": view.recipe_hash or "",
             "space_hash": self.space_hash,
         }
+        if view.anchor:
+            tags["anchor"] = view.anchor[:TAG_MAX]
+        if view.rejected:
+            tags["rejected"] = "true"
         if view.failure_reason:
             tags["failure_reason"] = view.failure_reason[:TAG_MAX]
         for k, v in view.environment.items():
@@ -216,7 +220,8 @@ class Tracker:
         try:
             self.client.log_batch(run_id, **batch)
             self.client.log_dict(run_id, recipe, "recipe.json")
-            for path in (layers, model):
+            graph = layers.parent / GRAPH_FILE if layers is not None else None  # what fused, when fusion ran
+            for path in (layers, graph, model):
                 if path is not None and path.exists():
                     self.client.log_artifact(run_id, str(path))
         except BaseException:

@@ -151,8 +151,10 @@ class TrialView:
     kernels: dict[str, dict[str, str]] = field(default_factory=dict)
     artifact_dir: str | None = None
     student: dict[str, Any] | None = None  # key, cached (hit/miss), from: the trained student it started from
-    phases: dict[str, float] = field(default_factory=dict)  # seconds: student, compress, quality, timing, total
     report: dict[str, Any] | None = None  # report-split figures (search/study/report_split.py)
+    anchor: str | None = None  # "<technique> <setting>": a standard recipe of the space, run first (search/guide.py)
+    rejected: bool = False  # stopped early by its proxy score (failure_reason says by how much)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the trial
 
     def flat_params(self) -> dict[str, Any]:
         out = dict(self.params)
@@ -223,7 +225,9 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         student=None if "student_key" not in attrs else {
             "key": attrs["student_key"], "cached": attrs.get("student_cached"), "from": attrs.get("student_from"),
             "seconds": attrs.get("student_seconds")},
-        phases=attrs.get("phase_seconds", {}),
+        anchor=attrs.get("anchor"),
+        rejected=bool(attrs.get("rejected", False)),
+        timings=attrs.get("timings", {}),
     )
 
 
@@ -304,6 +308,16 @@ class StudyView:
         and the model card format them."""
         return [self.row(n, profile) for n in self.pareto_numbers(profile)]
 
+    def guide_summary(self) -> dict[str, Any]:
+        """What guiding did: anchors run, trials rejected early and the time that saved (estimated
+        from the phases completed trials spent after the proxy: see search/rejection.py)."""
+        from search.rejection import time_saved_s
+
+        anchors = {t.number for t in self.trials if t.anchor}
+        return {"anchors": len(anchors), "anchors_on_front": len(anchors & set(self.pareto_numbers())),
+                "rejected_early": sum(t.rejected for t in self.trials),
+                "time_saved_s_estimated": time_saved_s(self.trials)}
+
     def to_json(self) -> dict[str, Any]:
         base = self.baseline
         quality_name = self.objective_names[0]
@@ -328,6 +342,8 @@ class StudyView:
                 "recipe_hash": t.recipe_hash, "summary": t.summary, "params": t.params, "values": t.values,
                 "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
-                "artifact_dir": t.artifact_dir, "student": t.student, "phase_seconds": t.phases, "report": t.report,
+                "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
+                "anchor": t.anchor, "rejected": t.rejected, "timings": t.timings,
             } for t in self.trials],
+            "guide": self.guide_summary(),
         }

@@ -22,6 +22,7 @@ from search.params import Rule
 
 if TYPE_CHECKING:
     from hardware.artifact import Artifact
+    from search.fusion import FusionSpec
 
 Feeds = dict[str, np.ndarray]
 Predict = Callable[[Feeds], np.ndarray]
@@ -103,6 +104,12 @@ class Task(ABC):
         """An ONNX export of `build_model()` (with its layer -> node map) kept from an earlier run,
         or None (then the pipeline exports). Used only for recipes whose torch stage leaves the
         model as built."""
+        return None
+
+    def fusion(self, model: nn.Module) -> FusionSpec | None:
+        """How `model` (this task's model, possibly compressed) fuses after export, or None when it does
+        not: a transformer returns a FusionSpec (ONNX Runtime's optimizer model type, its encoder
+        layers), and every candidate and the baseline are then exported and fused by search/fusion/."""
         return None
 
     def extra_metrics(self, predict: Predict) -> dict[str, float]:

@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 from search.techniques.base import (
+    Anchor,
     CompressionState,
     FrozenMap,
     SampleContext,
@@ -21,5 +22,5 @@ from search.techniques.registry import REGISTRY, register
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["REGISTRY", "CompressionState", "FrozenMap", "SampleContext", "Technique", "TechniqueConfig",
+__all__ = ["REGISTRY", "Anchor", "CompressionState", "FrozenMap", "SampleContext", "Technique", "TechniqueConfig",
            "TechniqueSpace", "register"]

@@ -139,6 +139,18 @@ class SampleContext:
         return sorted(layers, key=lambda name: (-table.get(name, float("-inf")), order[name]))
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """One standard setting of a technique, as the Optuna params its `sample` reads.
+
+    Params, not a config: the study enqueues them, so the sampler learns from the anchor like
+    from any sampled trial. `label` reads "<technique> <setting>" ("quantize int8 dynamic
+    per-channel") and marks the trial in progress lines, `show`, MLflow and the report."""
+
+    label: str
+    params: dict[str, Any]
+
+
 @dataclass
 class CompressionState:
     """Everything one candidate's compression works on, handed to every stage hook.
@@ -158,6 +170,11 @@ class CompressionState:
     learned: dict[str, dict] = field(default_factory=dict)  # QAT: int8 parameters per layer for the ONNX stage
     artifact: Artifact | None = None  # the ONNX artifact, once exported
     changed: bool = False  # some model-stage step replaced `model`
+    # Bit-widths a fused node packing several layers (q/k/v in one Attention weight) can take; graph
+    # fusion keeps those layers apart when theirs differ or fall outside (search/fusion/stage.py).
+    packable_bits: frozenset[str] = frozenset({"fp32"})
+    # Why the embedding lookups must stay Gather nodes (not fused into EmbedLayerNormalization), or "".
+    keep_embedding_gathers: str = ""
 
     def __post_init__(self) -> None:
         if self.teacher is None:
@@ -198,8 +215,13 @@ class Technique(ABC):
       the technique out. Sample only the parameters that matter for the values already drawn.
       `context` (a `SampleContext`) carries what the study measured beyond the space (the
       per-layer sensitivity table); a technique that needs none ignores it.
-    - `anchors(space)`: the standard settings of this technique alone that the space allows
-      (a study tries them early); default none.
+    - `anchors(space)`: the standard settings of this technique alone that the space allows, as
+      `Anchor`s (a label and the Optuna params `sample` would read for them); a study runs them
+      right after the baseline (search/guide.py). Default none.
+      `anchor_priority` orders techniques' anchors (quantization's are cheap and strong: 0).
+    - `off_params(space)`: the params under which `sample` leaves the technique out (or, when the
+      space cannot leave it out, takes its mildest setting): what another technique's anchor
+      runs beside. Default none (a technique whose sample draws nothing).
     - `apply_model(state, config)`: the PyTorch stage, on `state.model` (replace it, never
       change it in place); `apply_graph(state, config)`: the ONNX stage, on `state.artifact`
       (rewrite its file, update its layer -> node map). Both default to doing nothing.
@@ -217,6 +239,7 @@ class Technique(ABC):
     order: ClassVar[int]
     graph_order: ClassVar[int | None] = None
     student: ClassVar[bool] = False
+    anchor_priority: ClassVar[int] = 1  # whose anchors a study runs first (lower first)
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:  # noqa: B027 - optional hook
         """Raise SpaceError if the space asks for something this technique cannot do."""
@@ -226,9 +249,13 @@ class Technique(ABC):
                context: SampleContext | None = None) -> TechniqueConfig | None:
         """This technique's config for one trial, or None to leave it out."""
 
-    def anchors(self, space: TechniqueSpace) -> list[TechniqueConfig]:
-        """The standard settings of this technique alone that the space allows."""
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        """The standard settings of this technique alone that the space allows, most useful first."""
         return []
+
+    def off_params(self, space: TechniqueSpace) -> dict[str, Any]:
+        """Optuna params under which `sample` returns None (else its mildest setting)."""
+        return {}
 
     def apply_model(self, state: CompressionState, config: TechniqueConfig) -> None:  # noqa: B027 - optional hook
         """The PyTorch stage: replace `state.model`, record notes."""

@@ -26,7 +26,9 @@ from torch import nn
 
 from search.errors import SpaceError, UserError, allowed_list
 from search.params import Categorical, Dimension, Range, Rule
+from search.techniques import anchoring as pick
 from search.techniques.base import (
+    Anchor,
     CompressionState,
     SampleContext,
     Technique,
@@ -172,6 +174,26 @@ class Factorize(Technique):
             return None  # 0 inside a range means "no factorization" for this trial
         value = int(value) if by == "rank" else float(value)
         return FactorizeConfig(layers=tuple(layer.name for layer in space.layers), **{by: value})
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        # The mildest factorization keeps the most: the highest ratio, energy or rank the space lists.
+        enabled = [c for c in CRITERIA if not _unused(space.dims[c])]
+        if not enabled or not space.layers:
+            return []
+        by = enabled[0]
+        value = pick.highest(space.dims[by])
+        if value == 0:
+            return []
+        params = {f"factorize.{by}": value, **({"factorize.by": by} if len(enabled) > 1 else {})}
+        return [Anchor(f"factorize {by} {value:g}", params)]
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        enabled = [c for c in CRITERIA if not _unused(space.dims[c])]
+        for by in enabled:
+            if pick.can_be(space.dims[by], 0):
+                return {f"factorize.{by}": 0, **({"factorize.by": by} if len(enabled) > 1 else {})}
+        anchors = self.anchors(space)  # no criterion can be 0: the mildest factorization
+        return anchors[0].params if anchors else {}
 
     def apply_model(self, state: CompressionState, config: FactorizeConfig) -> None:
         state.model = factorize_model(state.model, config, state.notes, state.teacher)

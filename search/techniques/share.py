@@ -28,8 +28,10 @@ from hardware.artifact import Artifact
 from search.errors import SpaceError, UserError
 from search.layers import carry_over
 from search.params import Categorical, Rule
+from search.techniques import anchoring as pick
 from search.techniques import graph as rw
 from search.techniques.base import (
+    Anchor,
     CompressionState,
     FrozenMap,
     SampleContext,
@@ -107,6 +109,25 @@ class Share(Technique):
             clusters = {layer.name: k for layer in space.layers}
         epochs = int(dims["finetune_epochs"].suggest(trial, "share.finetune_epochs"))
         return ShareConfig(layer_clusters=clusters, finetune_epochs=epochs)
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        # The mildest sharing keeps the most values: the largest k, with the fewest fine-tuning epochs.
+        dims = space.dims
+        if not pick.can_be(dims["enabled"], True) or not space.layers:
+            return []
+        k = int(pick.highest(dims["k"]))
+        params: dict = {"share.enabled": True, "share.finetune_epochs": pick.lowest(dims["finetune_epochs"])}
+        if pick.first(dims["per_layer"]):
+            params.update({f"share.k.{layer.name}": k for layer in space.layers})
+        else:
+            params["share.k"] = k
+        return [Anchor(f"share k={k}", params)]
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        if pick.can_be(space.dims["enabled"], False):
+            return {"share.enabled": False}
+        anchors = self.anchors(space)
+        return anchors[0].params if anchors else {}
 
     def apply_model(self, state: CompressionState, config: ShareConfig) -> None:
         model = copy.deepcopy(state.model)

@@ -30,7 +30,8 @@ from torch import nn
 
 from search.errors import UserError
 from search.params import Rule
-from search.techniques.base import CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
+from search.techniques import anchoring as pick
+from search.techniques.base import Anchor, CompressionState, SampleContext, Technique, TechniqueConfig, TechniqueSpace
 from search.techniques.prune import slice_layer
 from search.techniques.registry import register
 
@@ -88,6 +89,26 @@ class TransformerPrune(Technique):
             keep_layers=int(dims["keep_layers"].suggest(trial, "transformer_prune.keep_layers")),
         )
         return None if config == TransformerPruneConfig() else config
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        # One cut at a time, the mildest the space lists: FFN neurons, else heads, else one layer fewer.
+        dims, off = space.dims, self.off_params(space)
+        for key, label in (("ffn_ratio", "ffn"), ("heads_ratio", "heads")):
+            value = pick.mild(dims[key])
+            if value is not None:
+                return [Anchor(f"transformer_prune {label} {value:g}", {**off, f"transformer_prune.{key}": value})]
+        kept = [k for k in pick.values(dims["keep_layers"]) if k > 0]
+        if kept:
+            return [Anchor(f"transformer_prune keep {max(kept)} layers",
+                           {**off, "transformer_prune.keep_layers": max(kept)})]
+        return []
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        dims = space.dims
+        keep = dims["keep_layers"]
+        return {"transformer_prune.ffn_ratio": pick.off_or(dims["ffn_ratio"], 0.0, pick.lowest),
+                "transformer_prune.heads_ratio": pick.off_or(dims["heads_ratio"], 0.0, pick.lowest),
+                "transformer_prune.keep_layers": pick.off_or(keep, 0, pick.highest)}
 
     def apply_model(self, state: CompressionState, config: TransformerPruneConfig) -> None:
         batch = state.task.train_batches()[0][0] if state.task is not None else None

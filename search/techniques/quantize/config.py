@@ -13,6 +13,7 @@ CALIBRATIONS = ("minmax", "entropy", "percentile")
 MODES = ("ptq", "qat")
 ACTIVATIONS = ("static", "dynamic")
 EMBEDDING_BITS = ("fp32", "int8", "int4", "int2")
+INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
 INT4_BLOCK = 32  # default block along K (MatMulNBits) / along the row (embeddings); small layers need small blocks
 
 
@@ -27,6 +28,11 @@ class QuantizeConfig(TechniqueConfig):
     activations: str = "static"
     embedding_bits: str = "fp32"
     block_size: int = INT4_BLOCK
+    # ONNX Runtime's quantizer options (issue 12): defaults are what the quantizer does by default.
+    reduce_range: bool = False  # int8 weights in 7 bits (avoids int16 overflow on CPUs without VNNI)
+    preprocess: bool = False  # ORT's quantization pre-processing (shape inference + graph optimisation) first
+    symmetric_activations: bool = False  # static int8: activation zero point fixed at 0
+    int4_accuracy_level: int = 0  # MatMulNBits compute type (4: int8 dot products on CPU)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +50,9 @@ class QuantizeConfig(TechniqueConfig):
                              f"but got {self.embedding_bits!r}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ValueError(f"quantize: block_size must be a power of 2 >= 16, but got {self.block_size}")
+        if self.int4_accuracy_level not in INT4_ACCURACY_LEVELS:
+            raise ValueError(f"quantize: int4_accuracy_level must be one of {INT4_ACCURACY_LEVELS}, "
+                             f"but got {self.int4_accuracy_level}")
         if self.mode == "qat" and self.qat_epochs < 1:
             raise ValueError(f"quantize: mode 'qat' needs qat_epochs >= 1, but got qat_epochs={self.qat_epochs}")
 
@@ -64,6 +73,12 @@ class QuantizeConfig(TechniqueConfig):
             how = f" {self.calibration}{' per-channel' if self.per_channel else ''}"
         else:
             how = ""
+        knobs = [name for name, on in (("reduce-range", self.reduce_range), ("preprocessed", self.preprocess),
+                                       ("symmetric-act", self.symmetric_activations)) if on]
+        if knobs and "int8" in counts and self.mode == "ptq":
+            how += " " + " ".join(knobs)
+        if self.int4_accuracy_level and "int4" in counts:
+            how += f" acc{self.int4_accuracy_level}"
         if self.embedding_bits != "fp32":
             how += f" + embeddings {self.embedding_bits}"
         if "int4" in counts or self.embedding_bits != "fp32":

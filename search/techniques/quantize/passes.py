@@ -43,6 +43,7 @@ from search.errors import UserError
 from search.techniques import graph as rw
 from search.techniques.quantize.config import INT4_BLOCK, SIMULATED_BITS, QuantizeConfig, layers_with
 from search.techniques.quantize.embeddings import MIN_ROWS, quantize_embeddings
+from search.techniques.quantize.preprocess import infer_types, preprocess
 
 _LEVELS = {"int2": np.array([-1.5, -0.5, 0.5, 1.5], np.float32), "binary": np.array([-1.0, 1.0], np.float32)}
 _CODE_BITS = {"int2": 2, "binary": 1}
@@ -108,6 +109,11 @@ def int4_dequant(weight_kn: np.ndarray, block: int = INT4_BLOCK) -> np.ndarray:
 
 # --- the ONNX passes ---
 
+# ORT's quantizer types tensors by ONNX shape inference, which knows no contrib op: in a fused
+# transformer (SkipLayerNormalization, Attention, ...) the tensors after them are float.
+_FUSED_TYPES = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
 class _Feeds:
     """CalibrationDataReader over a list of input dicts (ONNX Runtime asks for them one by one)."""
 
@@ -134,51 +140,67 @@ def _quiet_quantizer():
             lg.setLevel(level)
 
 
-def _int8_ptq(src: Path, nodes: list[str], config: QuantizeConfig,
+def _int8_ptq(model: onnx.ModelProto, nodes: list[str], config: QuantizeConfig,
               feeds: list[dict[str, np.ndarray]]) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration]
     with tempfile.TemporaryDirectory(prefix="compsearch-q8-") as tmp, _quiet_quantizer():
-        out = Path(tmp) / "int8.onnx"
+        src, out = Path(tmp) / "in.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(infer_types(model), str(src))
         quantize_static(
             str(src), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ,
             # u8 activations x s8 weights: the pairing ONNX Runtime's x86 integer kernels favour.
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes, per_channel=config.per_channel, calibrate_method=method,
+            reduce_range=config.reduce_range,
+            extra_options={**_FUSED_TYPES, "ActivationSymmetric": config.symmetric_activations},
         )
-        return onnx.load(str(out))
+        model = onnx.load(str(out))
+    # Each layer must read a quantized activation, else ORT runs it in fp32 with int8-stored weights only.
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    fp32 = [name for name in nodes if name in by_name and producer.get(by_name[name].input[0]) != "DequantizeLinear"]
+    if fp32:
+        raise RuntimeError(f"int8 static: ONNX Runtime's quantizer left the activations of {fp32} in fp32")
+    return model
 
 
 def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], config: QuantizeConfig) -> tuple[onnx.ModelProto,
                                                                                             dict[str, str]]:
     """int8 weights, activations quantized per batch at run time (DynamicQuantizeMatMul). ORT's
-    dynamic quantizer takes MatMul, not Gemm: Gemm layers become MatMul + Add first."""
+    dynamic quantizer takes MatMul, not Gemm: Gemm layers become MatMul + Add first. A fused
+    transformer's packed Attention node becomes QAttention (its q/k/v share the int8 weight)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    ops = {n.name: n.op_type for n in model.graph.node}
     for name in nodes:
-        rw.gemm_to_matmul(model, name)
+        if ops.get(name) == "Gemm":
+            rw.gemm_to_matmul(model, name)
     with tempfile.TemporaryDirectory(prefix="compsearch-q8d-") as tmp, _quiet_quantizer():
         src, out = Path(tmp) / "in.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=config.per_channel,
-                         nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"])
+                         reduce_range=config.reduce_range, nodes_to_quantize=nodes,
+                         op_types_to_quantize=["MatMul", "Attention"], extra_options=_FUSED_TYPES)
         model = onnx.load(str(out))
-    return model, _renamed_nodes(model, nodes, "MatMulInteger", "_quant", "int8 dynamic")
+    return model, _renamed_nodes(model, nodes, ("MatMulInteger", "QAttention"), "_quant", "int8 dynamic")
 
 
-def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_type: str, suffix: str, what: str) -> dict[str, str]:
+def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_types: tuple[str, ...], suffix: str,
+                   what: str) -> dict[str, str]:
     """ORT's quantizers rename the nodes they replace (name + suffix): map each layer's node to its
     new name, and fail loudly if one was skipped rather than report an fp32 layer as quantized."""
-    names = {n.name for n in model.graph.node if n.op_type == op_type}
+    names = {n.name for n in model.graph.node if n.op_type in op_types}
     missing = [name for name in nodes if f"{name}{suffix}" not in names]
     if missing:
         raise RuntimeError(f"{what}: ONNX Runtime's quantizer skipped node(s) {missing}")
     return {name: f"{name}{suffix}" for name in nodes}
 
 
-def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.ModelProto, dict[str, str]]:
+def _int4(model: onnx.ModelProto, nodes: list[str], block: int,
+          accuracy_level: int = 0) -> tuple[onnx.ModelProto, dict[str, str]]:
     for name in nodes:
         rw.gemm_to_matmul(model, name)
     # nodes_to_include only adds to the MatMul op type the quantizer takes anyway: every other
@@ -186,10 +208,11 @@ def _int4(model: onnx.ModelProto, nodes: list[str], block: int) -> tuple[onnx.Mo
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
     with _quiet_quantizer():
         quantizer = _nbits_module().MatMulNBitsQuantizer(model, bits=4, block_size=block, is_symmetric=False,
+                                                         accuracy_level=accuracy_level or None,
                                                          nodes_to_include=nodes, nodes_to_exclude=others)
         quantizer.process()
     model = quantizer.model.model
-    return model, _renamed_nodes(model, nodes, "MatMulNBits", "_Q4", "int4")
+    return model, _renamed_nodes(model, nodes, ("MatMulNBits",), "_Q4", "int4")
 
 
 def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds: list[dict[str, np.ndarray]],
@@ -205,22 +228,26 @@ def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds:
     if missing:
         raise UserError(f"quantize: layers {missing} have no node in the exported ONNX graph")
     node_of = artifact.layer_nodes
-    layer_nodes = dict(node_of)
     int8 = layers_with(bits, "int8")
-    if int8 and learned is None and config.activations == "dynamic":
-        model, renamed = _int8_dynamic(onnx.load(str(artifact.path)), [node_of[layer] for layer in int8], config)
-        layer_nodes.update({layer: renamed[node_of[layer]] for layer in int8})
-    elif int8 and learned is None:
-        model = _int8_ptq(artifact.path, [node_of[layer] for layer in int8], config, calibration_feeds)
+    if int8 and learned is None and config.preprocess:
+        model, node_of = preprocess(artifact.path, node_of)
     else:
         model = onnx.load(str(artifact.path))
+    layer_nodes = dict(node_of)
+    if int8 and learned is None and config.activations == "dynamic":
+        model, renamed = _int8_dynamic(model, [node_of[layer] for layer in int8], config)
+        layer_nodes.update({layer: renamed[node_of[layer]] for layer in int8})
+    elif int8 and learned is None:
+        model = _int8_ptq(model, [node_of[layer] for layer in int8], config, calibration_feeds)
+    else:
         for layer in int8:
             if layer not in (learned or {}):
                 raise RuntimeError(f"quantize: QAT learned no scales for int8 layer {layer!r}")
             rw.qdq_linear(model, node_of[layer], **learned[layer])
     int4 = layers_with(bits, "int4")
     if int4:
-        model, renamed = _int4(model, [node_of[layer] for layer in int4], config.block_size)
+        model, renamed = _int4(model, [node_of[layer] for layer in int4], config.block_size,
+                               config.int4_accuracy_level)
         layer_nodes.update({layer: renamed[node_of[layer]] for layer in int4})
     if config.embedding_bits != "fp32":
         width = {"int8": 8, "int4": 4, "int2": 2}[config.embedding_bits]
@@ -234,5 +261,6 @@ def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds:
         codes, levels, scales = lowbit_codes(weight, bits[layer], axis)
         rw.replace_weight_scaled(model, node_of[layer], codes, levels, scales, _CODE_BITS[bits[layer]], axis)
     onnx.save(model, str(out_path))
-    return Artifact(out_path, layer_nodes, dict(artifact.layers), dict(artifact.stats), artifact.program)
+    return Artifact(out_path, layer_nodes, dict(artifact.layers), dict(artifact.stats), artifact.program,
+                    dict(artifact.graph))
 

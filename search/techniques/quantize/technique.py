@@ -14,6 +14,7 @@ from hardware.errors import SpaceError, allowed_list
 from search.layers import LayerInfo, carry_over, layer_patterns, match_layers
 from search.params import Categorical, Range, Rule
 from search.techniques.base import (
+    Anchor,
     CompressionState,
     FrozenMap,
     SampleContext,
@@ -22,12 +23,14 @@ from search.techniques.base import (
     layers_setting,
 )
 from search.techniques.quantize import qat
+from search.techniques.quantize.anchors import quantize_anchors, quantize_off
 from search.techniques.quantize.assign import ASSIGN, sample_by_sensitivity
 from search.techniques.quantize.config import (
     ACTIVATIONS,
     BITS,
     CALIBRATIONS,
     EMBEDDING_BITS,
+    INT4_ACCURACY_LEVELS,
     INT4_BLOCK,
     MODES,
     SIMULATED_BITS,
@@ -57,6 +60,15 @@ class Quantize(Technique):
                                help="bit-width of the embedding tables (Gather on a constant 2-D table)"),
         "block_size": Rule("int", default=INT4_BLOCK, minimum=16, maximum=1024,
                            help="values per scale for int4 (MatMulNBits) and quantized embeddings: a power of 2"),
+        "reduce_range": Rule("bool", default=False, help="int8 PTQ: weights in 7 bits (ORT's reduce_range; avoids "
+                                                         "saturation on x86 CPUs without VNNI)"),
+        "preprocess": Rule("bool", default=False, help="int8 PTQ: ORT's quantization pre-processing (symbolic "
+                                                       "shape inference + graph optimisation) before quantizing"),
+        "symmetric_activations": Rule("bool", default=False,
+                                      help="static int8: symmetric activation ranges (zero point 0)"),
+        "int4_accuracy_level": Rule("int", default=0, choices=INT4_ACCURACY_LEVELS,
+                                    help="int4 MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, "
+                                         "4 int8 (fastest on CPU)"),
     }
     settings = {
         "layers": layers_setting("fnmatch pattern(s) of layers whose bit-width is searched; others stay fp32"),
@@ -72,9 +84,13 @@ class Quantize(Technique):
     conditions = {"qat_epochs": "mode is qat", "calibration": "mode is ptq, activations static and a layer is int8",
                   "per_channel": "mode is ptq and a layer is int8", "activations": "mode is ptq and a layer is int8",
                   "mode": "a layer or the embeddings are not fp32",
-                  "block_size": "a layer is int4 or the embeddings are not fp32"}
+                  "block_size": "a layer is int4 or the embeddings are not fp32",
+                  "reduce_range": "mode is ptq and a layer is int8", "preprocess": "mode is ptq and a layer is int8",
+                  "symmetric_activations": "mode is ptq, activations static and a layer is int8",
+                  "int4_accuracy_level": "a layer is int4"}
     order = 60
     graph_order = 60
+    anchor_priority = 0  # int8 everywhere: seconds to build, and the one-liner every front must beat
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:
         """Block sizes are powers of 2; groups match searched layers; int4 (MatMulNBits) and QAT take Linear
@@ -140,17 +156,31 @@ class Quantize(Technique):
         # Conditional: qat_epochs exists only under QAT; calibration settings only for int8 PTQ.
         qat_epochs = int(dims["qat_epochs"].suggest(trial, "quantize.qat_epochs")) if mode == "qat" else 0
         calibration, per_channel, activations = "minmax", True, "static"
+        knobs: dict = {}
         if mode == "ptq" and "int8" in layer_bits.values():
             activations = dims["activations"].suggest(trial, "quantize.activations")
             per_channel = dims["per_channel"].suggest(trial, "quantize.per_channel")
+            knobs["reduce_range"] = bool(dims["reduce_range"].suggest(trial, "quantize.reduce_range"))
+            knobs["preprocess"] = bool(dims["preprocess"].suggest(trial, "quantize.preprocess"))
             if activations == "static":  # a dynamic range needs no calibration method
                 calibration = dims["calibration"].suggest(trial, "quantize.calibration")
+                knobs["symmetric_activations"] = bool(dims["symmetric_activations"].suggest(
+                    trial, "quantize.symmetric_activations"))
+        if "int4" in layer_bits.values():
+            level = dims["int4_accuracy_level"].suggest(trial, "quantize.int4_accuracy_level")
+            knobs["int4_accuracy_level"] = int(level)
         block_size = INT4_BLOCK
         if embedding_bits != "fp32" or "int4" in layer_bits.values():
             block_size = int(dims["block_size"].suggest(trial, "quantize.block_size"))
         return QuantizeConfig(layer_bits=layer_bits, calibration=calibration, per_channel=per_channel, mode=mode,
                               qat_epochs=qat_epochs, activations=activations, embedding_bits=embedding_bits,
-                              block_size=block_size)
+                              block_size=block_size, **knobs)
+
+    def anchors(self, space: TechniqueSpace) -> list[Anchor]:
+        return quantize_anchors(space)  # every searched layer at each listed bit-width (anchors.py)
+
+    def off_params(self, space: TechniqueSpace) -> dict:
+        return quantize_off(space)
 
     def apply_model(self, state: CompressionState, config: QuantizeConfig) -> None:
         # Bits were sampled for the uncompressed model's layers; earlier steps may have split or merged them.
@@ -158,6 +188,13 @@ class Quantize(Technique):
         for layer, bits in state.layer_bits.items():
             # int2/binary: stored low-bit, computed by an fp32 kernel (no ONNX Runtime kernel exists).
             state.note(layer, simulated=bits in SIMULATED_BITS)
+        # After transformer fusion, ORT quantizes a packed q/k/v Attention weight only as int8 with dynamic
+        # activations (QAttention); other bit-widths keep q/k/v apart (search/fusion/stage.py).
+        dynamic = config.mode == "ptq" and config.activations == "dynamic"
+        state.packable_bits = frozenset({"fp32", "int8"} if dynamic else {"fp32"})
+        if config.embedding_bits != "fp32":
+            state.keep_embedding_gathers = (f"embedding_bits {config.embedding_bits}: GatherBlockQuantized "
+                                            "replaces the Gather, which EmbedLayerNormalization would absorb")
         if config.mode == "qat":
             # QAT fine-tunes through fake quantization; the ONNX stage writes exactly what it learned.
             state.model, state.learned = qat.finetune(state, config, state.layer_bits).export_ready()

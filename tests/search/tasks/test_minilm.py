@@ -151,7 +151,7 @@ def test_two_trials_end_to_end(tmp_path: Path, capsys, monkeypatch: pytest.Monke
     # The fp32 export and the reference embeddings were made once and cached for later trials and runs.
     cache = results / "cache" / "models"
     assert len(list(cache.glob("minilm-ref-*.npy"))) == 1
-    assert len(list(cache.glob("minilm-fp32-*.onnx"))) == 1
+    # (No fp32 ONNX cache: a transformer is exported for fusion in every trial, search/fusion/.)
 
 
 def test_a_missing_sts_folder_stops_validate_and_run_before_anything_is_written(tmp_path: Path, capsys) -> None:

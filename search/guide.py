@@ -1,0 +1,64 @@
+"""The `guide:` section of a space file: how a study spends its first trials and its time.
+
+A guided study (the default) does not leave the first trials to chance:
+
+- `anchors`: after the baseline, the standard recipes the space itself contains run first, each
+  technique alone at its usual setting (`Technique.anchors`), most useful first (quantization
+  first: every searched layer at int8, the way `quantize_dynamic` does it; search/anchors.py). They are enqueued as
+  the Optuna params `sample` reads, so TPE learns from them like from any trial, and they use the
+  budget; with a budget smaller than baseline + anchors the most useful ones run.
+- `reuse_students`: quantization variants of a promising cached student are tried before a new
+  student is trained (search/students.py holds the cache; search/reuse.py picks the student).
+- `reject_early`: a trial whose cheap proxy score clearly misses the quality constraint stops
+  before its full evaluation and latency measurement (search/rejection.py).
+
+`guide: {anchors: false, reuse_students: false, reject_early: false}` is plain sampling with the
+space's sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hardware.schema import Rule
+
+DEFAULT_VARIANTS = 2  # quantization variants per promising student when `reuse_students: true`
+MAX_VARIANTS = 50
+
+
+def _variants(raw: object) -> int:
+    if isinstance(raw, bool):
+        return DEFAULT_VARIANTS if raw else 0
+    if isinstance(raw, int) and 0 <= raw <= MAX_VARIANTS:
+        return raw
+    raise ValueError(f"must be true, false or a number of variants per student in [0, {MAX_VARIANTS}], "
+                     f"but got {raw!r}")
+
+
+GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and its time (all on by default)",
+                    fields={
+    "anchors": Rule("bool", default=True,
+                    help="after the baseline, run the standard recipes the space contains (each technique alone at "
+                         "its usual setting; quantization first) before sampling"),
+    "reuse_students": Rule("variants", default=True, parse=_variants,
+                           text=f"true, false, or a number in [0, {MAX_VARIANTS}]",
+                           help=f"try this many quantization/sharing variants of a promising cached student before "
+                                f"training a new one (true = {DEFAULT_VARIANTS}); false: plain sampling over the "
+                                "joint space"),
+    "reject_early": Rule("bool", default=True,
+                         help="stop a trial whose cheap proxy quality clearly misses the constraint, before its full "
+                              "evaluation and latency measurement"),
+})
+
+
+@dataclass(frozen=True)
+class Guide:
+    anchors: bool = True
+    reuse_students: int = DEFAULT_VARIANTS  # variants per promising student; 0 = off
+    reject_early: bool = True
+
+    @classmethod
+    def from_validated(cls, values: dict[str, Any]) -> Guide:
+        return cls(anchors=values["anchors"], reuse_students=values["reuse_students"],
+                   reject_early=values["reject_early"])

@@ -1,0 +1,86 @@
+"""The quantize technique's anchors: every searched layer at one listed bit-width, made the most
+accurate way the space lists, as the Optuna params `Quantize.sample` reads.
+
+These are the one-liners a user would otherwise run by hand (`quantize_dynamic` per-channel,
+MatMulNBits int4): a study that tries them first can never end with a front worse than them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search.techniques import anchoring as pick
+from search.techniques.base import Anchor, TechniqueSpace
+from search.techniques.quantize.assign import uniform_params
+
+# Most useful first: int8 has kernels everywhere and keeps quality; int4 halves the bytes again;
+# fp16 and the simulated widths (no kernel) come last.
+PREFERENCE = ("int8", "int4", "fp16", "int2", "binary")
+# ONNX Runtime's calibrators, most robust to activation outliers first (an assumption: which is
+# best depends on the model; the sampler tries the others).
+CALIBRATION_PREFERENCE = ("percentile", "entropy", "minmax")
+
+
+def settings_params(space: TechniqueSpace, bits: str, embedding_bits: str) -> dict[str, Any]:
+    """The most accurate settings the space lists for layers at `bits` (the params `sample` reads after
+    the per-layer ones, which `uniform_params` gives in either `assign` mode)."""
+    dims = space.dims
+    params: dict[str, Any] = {"quantize.embedding_bits": embedding_bits}
+    mode = pick.first(dims["mode"], ("ptq",))
+    params["quantize.mode"] = mode
+    if mode == "qat":
+        params["quantize.qat_epochs"] = pick.lowest(dims["qat_epochs"])
+    if mode == "ptq" and bits == "int8":
+        # Per-batch activation ranges and per-channel weight scales: what `quantize_dynamic` does.
+        params["quantize.activations"] = pick.first(dims["activations"], ("dynamic",))
+        params["quantize.per_channel"] = pick.first(dims["per_channel"], (True,))
+        if params["quantize.activations"] == "static":
+            params["quantize.calibration"] = pick.first(dims["calibration"], CALIBRATION_PREFERENCE)
+    if bits == "int4" or embedding_bits != "fp32":
+        params["quantize.block_size"] = int(pick.lowest(dims["block_size"]))  # smallest block: most accurate
+    return params
+
+
+def quantize_anchors(space: TechniqueSpace) -> list[Anchor]:
+    dims = space.dims
+    listed = pick.values(dims["bits"])
+    anchors = []
+    for bits in (b for b in PREFERENCE if b in listed):
+        # Embeddings go along at the same bits when the space lists them, else stay as they are.
+        embedding = bits if pick.can_be(dims["embedding_bits"], bits) else _embedding_off(space)
+        params = {**uniform_params(space, bits), **settings_params(space, bits, embedding)}
+        anchors.append(Anchor(_label(bits, params), params))
+    return anchors
+
+
+def quantize_off(space: TechniqueSpace) -> dict[str, Any]:
+    listed = pick.values(space.dims["bits"])
+    # A space that cannot leave every layer fp32 gets its highest listed precision instead.
+    bits = next(b for b in ("fp32", "fp16", *PREFERENCE) if b in listed)
+    embedding = _embedding_off(space)
+    params = uniform_params(space, bits)
+    if bits != "fp32" or embedding != "fp32":
+        params.update(settings_params(space, bits, embedding))
+    else:
+        params["quantize.embedding_bits"] = embedding
+    return params
+
+
+def _embedding_off(space: TechniqueSpace) -> str:
+    dim = space.dims["embedding_bits"]
+    return "fp32" if pick.can_be(dim, "fp32") else next(b for b in ("int8", "int4", "int2") if pick.can_be(dim, b))
+
+
+def _label(bits: str, params: dict[str, Any]) -> str:
+    words = ["quantize", bits]
+    if params.get("quantize.mode") == "qat":
+        words.append(f"qat {params['quantize.qat_epochs']}ep")
+    if "quantize.activations" in params:
+        words.append("dynamic" if params["quantize.activations"] == "dynamic"
+                     else f"static {params['quantize.calibration']}")
+        words.append("per-channel" if params["quantize.per_channel"] else "per-tensor")
+    if bits == "int4":
+        words.append(f"block {params['quantize.block_size']}")
+    if params["quantize.embedding_bits"] != "fp32":
+        words.append(f"+ embeddings {params['quantize.embedding_bits']}")
+    return " ".join(words)
