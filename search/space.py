@@ -20,7 +20,7 @@ from hardware.profiles import load_profile
 from hardware.safe_yaml import load_file
 from hardware.schema import Rule, explain
 from hardware.schema import validate as validate_schema
-from search.errors import SpaceError, allowed_list
+from search.errors import SpaceError, UserError, allowed_list
 from search.guide import GUIDE_SCHEMA, Guide
 from search.layers import LayerInfo, match_layers
 from search.params import Categorical, Dimension, parse_options
@@ -217,7 +217,12 @@ def validate(raw: dict[str, Any], file: str, cache_dir: Path) -> SearchSpace:
                          "beside it, never optimized for)", objective)
 
     task = task_cls(task_options, cache_dir)
-    task.check_data()
+    try:
+        task.check_data()
+    except SpaceError:
+        raise
+    except UserError as exc:  # the task names the option; say which space file set it
+        raise UserError(f"{file}: {exc}") from None
     layers = list(task.layers())
     techniques = []
     for technique in REGISTRY.model_order():

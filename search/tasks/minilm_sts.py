@@ -6,8 +6,9 @@ sentence-transformers outputs: mean pooling of the last hidden states over the a
 mask, L2-normalised. Quality is Spearman's rank correlation x100 between the cosine of the
 two embeddings and the gold score, averaged over the evaluation files (`<sts_dir>/*.tsv`);
 per-file scores and the embedding fidelity (mean cosine to the fp32 model's embeddings) are
-extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` only, minus
-any sentence that also occurs in an evaluation or report file.
+extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` and, when
+given, plain-text files (`text_dir`, `text_files`: one sentence per line, relative to sts_dir's
+parent), minus any sentence that also occurs in an evaluation, report or held-out file.
 
 The evaluation files are the selection split (the quality constraint and every choice); the
 files in `report_dir` (e.g. `test`, relative to sts_dir) are the report split, evaluated only
@@ -31,6 +32,7 @@ from torch import nn
 from search.errors import UserError
 from search.params import Rule
 from search.tasks.base import Feeds, Predict, ReportQuality, Task
+from search.tasks.text import read_sentences, text_paths
 
 if TYPE_CHECKING:
     from hardware.artifact import Artifact
@@ -120,6 +122,14 @@ class MiniLMSTSTask(Task):
         "report_dir": Rule("str", default="", searchable=False,
                            help="folder of report-split .tsv files (relative to sts_dir, e.g. test), evaluated "
                                 "only for the final front; '' = no report split"),
+        "text_dir": Rule("str", default="", searchable=False,
+                         help="folder of extra .txt text (one sentence per line) for distillation and calibration, "
+                              "relative to sts_dir's parent (e.g. text); '' = STS training sentences only"),
+        "text_files": Rule("str", default="", searchable=False,
+                           help="comma-separated extra .txt files, relative to sts_dir's parent"),
+        "holdout_files": Rule("str", default="", searchable=False,
+                              help="comma-separated stems of sts_dir/train/ files kept out of all training text, to "
+                                   "check quality on STS sets in neither split (e.g. sts2014-tweet-news)"),
         "max_pairs": Rule("int", default=0, minimum=0, searchable=False,
                           help="seeded subsample of pairs per file; 0 = all"),
         "max_length": Rule("int", default=128, minimum=8, maximum=512, searchable=False,
@@ -186,7 +196,7 @@ class MiniLMSTSTask(Task):
         files = sorted(folder.glob("*.tsv")) if folder.is_dir() else []
         if not files:
             what = "is not a folder" if not folder.is_dir() else "holds no .tsv files"
-            raise UserError(f"task minilm-sts: report_dir {raw!r} ({folder}) {what}; give a folder of "
+            raise UserError(f"task minilm-sts: task.options.report_dir {raw!r} ({folder}) {what}; give a folder of "
                             f"score<TAB>s1<TAB>s2 files relative to sts_dir, or '' for no report split")
         return self._read_sets(files)
 
@@ -206,21 +216,41 @@ class MiniLMSTSTask(Task):
         return self._sorted_sentences(self.report_sets)
 
     @cached_property
+    def holdout_sets(self) -> dict[str, list[tuple[float, str, str]]]:
+        """`holdout_files` of train/: STS sets in neither split, kept out of every training sentence."""
+        stems = [s.strip() for s in str(self._opt("holdout_files")).split(",") if s.strip()]
+        known = {f.stem: f for f in sorted((self.sts_dir / "train").glob("*.tsv"))}
+        unknown = [s for s in stems if s not in known]
+        if unknown:
+            raise UserError(f"task minilm-sts: task.options.holdout_files {unknown} not in {self.sts_dir / 'train'}; "
+                            f"available: {', '.join(known) or '(none)'}")
+        return self._read_sets([known[s] for s in stems])
+
+    @cached_property
+    def extra_text(self) -> list[str]:
+        """Sentences of `text_dir` / `text_files` (relative to sts_dir's parent)."""
+        who = "task minilm-sts"
+        paths = text_paths(self.sts_dir.parent, str(self._opt("text_dir")), str(self._opt("text_files")), who)
+        return read_sentences(paths, who)
+
+    @cached_property
     def train_text(self) -> list[str]:
-        """Sentences from `<sts_dir>/train/`, never one that is also in an evaluation or report file."""
+        """Sentences from `<sts_dir>/train/` (minus holdout_files) and the extra text files, never one that
+        is also in an evaluation, report or held-out file; in a seeded order."""
         train_dir = self.sts_dir / "train"
-        files = sorted(train_dir.glob("*.tsv"))
+        files = sorted(f for f in train_dir.glob("*.tsv") if f.stem not in self.holdout_sets)
         if not files:
             raise UserError(f"task minilm-sts: no training text in {train_dir} (calibration and distillation need it)")
-        evaluation = {s for sets in (self.eval_sets, self.report_sets) for pairs in sets.values()
+        evaluation = {s for sets in (self.eval_sets, self.report_sets, self.holdout_sets) for pairs in sets.values()
                       for _, a, b in pairs for s in (a, b)}
-        text = sorted({s for f in files for _, a, b in read_pairs(f) for s in (a, b)} - evaluation)
+        sts = {s for f in files for _, a, b in read_pairs(f) for s in (a, b)}
+        text = sorted((sts | set(self.extra_text)) - evaluation)
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(text))
         return [text[i] for i in order]
 
     def check_data(self) -> None:
         # The folder, its evaluation files and the training text (each raises a one-line UserError).
-        _ = self.eval_sets, self.report_sets, self.train_text
+        _ = self.eval_sets, self.report_sets, self.holdout_sets, self.extra_text, self.train_text
 
     def _encode(self, sentences: list[str], max_length: int, pad_to: int | None = None) -> Feeds:
         enc = _tokenizer()(sentences, truncation=True, max_length=pad_to or max_length, return_tensors="np",
@@ -312,12 +342,14 @@ class MiniLMSTSTask(Task):
         scores = self.spearman_per_set(self._embeddings(predict))
         return float(np.mean(list(scores.values())))
 
-    def evaluate_report(self, predict: Predict) -> ReportQuality | None:
-        if not self.report_sets:
-            return None
-        emb = self.embed(predict, self.report_sentences)
-        scores = self.spearman_per_set(emb, self.report_sentences, self.report_sets)
+    def evaluate_sets(self, predict: Predict, sets: dict[str, list[tuple[float, str, str]]]) -> ReportQuality:
+        """Mean and per-file Spearman x100 of `predict` on any pair files (report, held-out)."""
+        sentences = self._sorted_sentences(sets)
+        scores = self.spearman_per_set(self.embed(predict, sentences), sentences, sets)
         return ReportQuality(float(np.mean(list(scores.values()))), scores)
+
+    def evaluate_report(self, predict: Predict) -> ReportQuality | None:
+        return self.evaluate_sets(predict, self.report_sets) if self.report_sets else None
 
     def extra_metrics(self, predict: Predict) -> dict[str, float]:
         emb = self._embeddings(predict)

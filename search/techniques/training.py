@@ -10,6 +10,7 @@ asks for it).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,19 +23,35 @@ Loss = Callable[[torch.Tensor, "torch.Tensor | None", Callable[[], torch.Tensor]
 
 
 def fine_tune(state: CompressionState, model: nn.Module, params: Iterable[nn.Parameter], *, epochs: int,
-              lr: float, loss: Loss, forward: Callable[[tuple], torch.Tensor] | None = None) -> None:
+              lr: float, loss: Loss, forward: Callable[[tuple], torch.Tensor] | None = None,
+              batches: list | None = None, targets: Callable[[int, tuple], Any] | None = None,
+              schedule: str = "constant") -> None:
     """Train `params` of `model` (in place: pass a model of your own, never the state's teacher).
 
     `forward(inputs)` computes the output when the parameters do not live in `model`'s
-    modules (weight sharing trains centroids through `torch.func.functional_call`)."""
+    modules (weight sharing trains centroids through `torch.func.functional_call`).
+    `batches` defaults to the task's training batches; `targets(index, inputs)` gives what the
+    loss's third argument returns (default: the teacher's output, computed once per batch);
+    `schedule` "linear" decays the learning rate linearly to zero over all steps."""
     assert state.task is not None and state.teacher is not None, "fine-tuning needs the task and the teacher"
     teacher = state.teacher.eval()
     torch.manual_seed(state.seed)
     opt = torch.optim.Adam(params, lr=lr)
     # Weights pruned to exactly zero stay zero: fine-tuning must not undo unstructured pruning.
     masks = {n: p != 0 for n, p in model.named_parameters() if state.keep_zeros and p.dim() > 1}
-    batches = state.task.train_batches()
-    targets: dict[int, torch.Tensor] = {}
+    batches = state.task.train_batches() if batches is None else batches
+    steps = max(1, epochs * len(batches))
+    decay = torch.optim.lr_scheduler.LambdaLR(opt, (lambda k: 1.0 - k / steps) if schedule == "linear"
+                                              else (lambda k: 1.0))
+    cached: dict[int, torch.Tensor] = {}
+
+    def teacher_output(i: int, inputs: tuple) -> torch.Tensor:
+        if i not in cached:
+            with torch.no_grad():
+                cached[i] = teacher(*inputs)
+        return cached[i]
+
+    targets = teacher_output if targets is None else targets
     order = torch.Generator().manual_seed(state.seed)
     model.train()
     for _ in range(epochs):
@@ -42,17 +59,15 @@ def fine_tune(state: CompressionState, model: nn.Module, params: Iterable[nn.Par
             let_measurements_through()  # a waiting timing on this host runs now, not after all epochs
             inputs, labels = batches[i]
 
-            def target(i: int = i, inputs: tuple = inputs) -> torch.Tensor:
-                if i not in targets:
-                    with torch.no_grad():
-                        targets[i] = teacher(*inputs)
-                return targets[i]
+            def target(i: int = i, inputs: tuple = inputs) -> Any:
+                return targets(i, inputs)
 
             out = forward(inputs) if forward is not None else model(*inputs)
             value = loss(out, labels, target)
             opt.zero_grad()
             value.backward()
             opt.step()
+            decay.step()
             if masks:
                 with torch.no_grad():
                     for n, p in model.named_parameters():

@@ -42,5 +42,38 @@ def test_report_files_are_read_per_file_and_kept_out_of_training_text(tmp_path: 
 
 def test_a_missing_report_dir_is_one_line(tmp_path: Path) -> None:
     task = TASKS["minilm-sts"]({**OPTIONS, "report_dir": "nope"}, tmp_path)
-    with pytest.raises(UserError, match=r"report_dir 'nope' .* is not a folder"):
+    with pytest.raises(UserError, match=r"task.options.report_dir 'nope' .* is not a folder"):
         task.check_data()
+
+
+def test_text_files_widen_the_training_text_and_bad_paths_are_one_line(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import yaml
+
+    from search.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(STS_DIR, data / "sts", ignore=shutil.ignore_patterns("test"))
+    (data / "text").mkdir()
+    (data / "text" / "a.txt").write_text("A kite flew over the quiet harbour.\n\nThe kettle boiled twice.\n")
+    (data / "more.txt").write_text("Nobody answered the third letter.\n")
+    base = TASKS["minilm-sts"]({"sts_dir": str(data / "sts")}, tmp_path)
+    task = TASKS["minilm-sts"]({"sts_dir": str(data / "sts"), "text_dir": "text", "text_files": "more.txt",
+                                "holdout_files": "sts2014-tweet-news"}, tmp_path)
+    assert task.extra_text == ["A kite flew over the quiet harbour.", "The kettle boiled twice.",
+                               "Nobody answered the third letter."]
+    held = {s for pairs in task.holdout_sets.values() for _, a, b in pairs for s in (a, b)}
+    assert set(task.extra_text) <= set(task.train_text) and not held & set(task.train_text)
+    assert held & set(base.train_text)  # without holdout_files those sentences are training text
+
+    space = tmp_path / "s.yaml"
+    for options, message in (({"text_dir": "nope"}, "task.options.text_dir 'nope'"),
+                             ({"text_files": "more.txt, gone.txt"}, "task.options.text_files entry 'gone.txt'"),
+                             ({"holdout_files": "sts2099-x"}, "task.options.holdout_files ['sts2099-x']")):
+        space.write_text(yaml.safe_dump({"name": "s", "task": {"name": "minilm-sts", "options": {
+            "sts_dir": str(data / "sts"), **options}}}))
+        capsys.readouterr()
+        assert main(["validate", str(space)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err and str(space) in err, err
