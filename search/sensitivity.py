@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from search.prefix_replay import PrefixReplay
 from search.students import key_lock, model_identity
 from search.techniques.quantize.config import BITS, INT4_BLOCK, SIMULATED_BITS
 
@@ -103,8 +104,8 @@ def calibration_batches(task: Task) -> list[tuple[torch.Tensor, ...]]:
     return out
 
 
-def _output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    out = model(*inputs)
+def _main_output(out: Any) -> torch.Tensor:
+    """The model's output tensor (the first one of a tuple or mapping)."""
     if isinstance(out, dict):
         out = next(iter(out.values()))
     if isinstance(out, (tuple, list)):
@@ -114,10 +115,14 @@ def _output(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 @torch.no_grad()
 def layer_errors(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], layers: list[str], bits_list: list[str],
-                 per_channel: bool = True, block: int = INT4_BLOCK) -> dict[str, dict[str, float]]:
-    """bits -> {layer: relative output error over `batches` with that layer alone at bits}."""
+                 per_channel: bool = True, block: int = INT4_BLOCK, replay: bool = True) -> dict[str, dict[str, float]]:
+    """bits -> {layer: relative output error over `batches` with that layer alone at bits}.
+
+    `replay`: what runs before the layer hands back its recorded outputs (search/prefix_replay.py),
+    the same figures for about half the compute."""
     model = model.eval()
-    reference = [_output(model, b) for b in batches]
+    prefix = PrefixReplay(model, batches, layers if replay else [])
+    reference = [_main_output(out) for out in prefix.reference]
     energy = sum(float((r * r).sum()) for r in reference) or 1.0
     table: dict[str, dict[str, float]] = {}
     for bits in bits_list:
@@ -131,8 +136,11 @@ def layer_errors(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], laye
             elif bits == "fp16":
                 hook = layer.register_forward_pre_hook(lambda _m, args: (args[0].half().float(), *args[1:]))
             layer.weight.data = deployed_weight(original, bits, per_channel, block).to(original.dtype)
+            err = 0.0
             try:
-                err = sum(float(((_output(model, b) - r) ** 2).sum()) for b, r in zip(batches, reference, strict=True))
+                for i, (batch, ref) in enumerate(zip(batches, reference, strict=True)):
+                    with prefix.replaying(name, i):
+                        err += float(((_main_output(model(*batch)) - ref) ** 2).sum())
             finally:
                 layer.weight.data = original
                 if hook is not None:

@@ -148,3 +148,28 @@ def test_a_study_in_sensitivity_mode_records_its_table(tmp_path: Path, capsys: p
     assert main(["report", "sens", "--results-dir", str(results), "--out", str(tmp_path / "report")]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Per-layer sensitivity" in html and "net.2 at int4" in html
+
+
+def test_replaying_what_runs_before_a_layer_changes_no_figure(task: DigitsTask) -> None:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=16)).eval()
+    ids = torch.randint(0, 50, (4, 8))
+    batches = [(ids, torch.ones_like(ids)), (ids.flip(0), torch.ones_like(ids))]
+    layers = [n for n, m in bert.named_modules() if isinstance(m, torch.nn.Linear) and "encoder" in n]
+    mlp = fragile(task)
+    inplace = torch.nn.Sequential(mlp.net[0], torch.nn.ReLU(inplace=True), mlp.net[2], torch.nn.ReLU(inplace=True),
+                                  mlp.net[4])  # a parent changing its child's output in place
+    digits = [(torch.from_numpy(f["x"]),) for f in task.calibration_feeds()[:2]]
+    for model, inputs, names in ((bert, batches, layers), (inplace, digits, ["0", "2", "4"])):
+        fast = layer_errors(model, inputs, names, ["int8", "int4"])
+        slow = layer_errors(model, inputs, names, ["int8", "int4"], replay=False)
+        for bits in ("int8", "int4"):
+            assert fast[bits] == pytest.approx(slow[bits], rel=1e-4, abs=1e-9)
+    from search.prefix_replay import PrefixReplay
+
+    replay = PrefixReplay(bert, batches, layers)
+    assert replay.skip["encoder.layer.1.output.dense"][:3] == ["embeddings", "encoder.layer.0",
+                                                              "encoder.layer.1.attention"]
