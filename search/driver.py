@@ -153,7 +153,7 @@ class Objective:
         values = tuple(float(v) for v in result["values"])
         if not all(math.isfinite(v) for v in values):
             raise TrialFailure(f"not a number: the trial produced non-finite objective values {values}")
-        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback"):
+        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback", "timings"):
             if key in result:
                 trial.set_user_attr(key, result[key])
         for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from

@@ -6,6 +6,7 @@ driver records on the Optuna trial.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +28,34 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
                     students: StudentCache | None = None) -> dict[str, Any]:
     """`students`: where trained students are cached (a hit skips the student stages); None trains."""
     backends = {p.name: make_backend(p) for p in space.profiles}
+    phases: dict[str, float] = {}  # where the trial's time went (seconds), recorded on the trial
+    clock = time.monotonic()
     with compute_slot():  # compression runs beside other workers' compression, never beside a timing
         # Who built a student: the study folder and trial folder this artifact goes to.
         state, student = obtain_student(model, recipe, task, 0, students, f"{workdir.parent.name}/{workdir.name}")
+        phases["student"] = time.monotonic() - clock
         artifact = finish(state, recipe, workdir,
                           program=any(getattr(b, "needs_program", False) for b in backends.values()))
     artifact.save_records()
+    phases["compress"] = time.monotonic() - clock - phases["student"]
     measurements = {}
     extras: dict[str, dict[str, float]] = {}  # the task's extra quality figures, per profile
     for profile in space.profiles:
         backend = backends[profile.name]
 
         def quality(predict, name: str = profile.name) -> float:
+            started = time.monotonic()
             value = task.evaluate(predict)
             extras[name] = task.extra_metrics(predict)  # same predict: the task may reuse its outputs
+            phases["evaluate"] = phases.get("evaluate", 0.0) + time.monotonic() - started
             return value
 
+        started = time.monotonic()
         measurements[profile.name] = backend.measure(artifact, quality, task.query_feeds(profile.batch_size))
+        phases["measure"] = phases.get("measure", 0.0) + time.monotonic() - started
+    # backend.measure ran the evaluation too: "measure" is what it leaves (session set-up and timing).
+    phases["measure"] -= phases.get("evaluate", 0.0)
+    phases["total"] = time.monotonic() - clock
     main = measurements[space.objective_profile]
     if main.latency is None:
         raise RuntimeError(f"profile {main.profile} gave no latency; it cannot be the objective")
@@ -60,6 +72,7 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         "environments": {n: m.environment for n, m in measurements.items()},
         "layers_fallback": fallback,
         "student": None if student is None else student.as_attrs(),
+        "timings": {k: round(v, 2) for k, v in phases.items()},
     }
 
 

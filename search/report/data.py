@@ -128,6 +128,7 @@ class ReportData:
     spread: list[SpreadRow]
     failed: list[tuple[int, str, str]]
     splits: list[SplitRow] = field(default_factory=list)  # selection vs report split of the front
+    sensitivity: dict[str, Any] | None = None  # the per-layer table of search/sensitivity.py, when measured
 
     def trial(self, number: int) -> TrialView:
         return next(t for t in self.trials if t.number == number)
@@ -282,5 +283,5 @@ def build_report(view: StudyView, latency_budget_ms: float | None = None, with_l
         hypervolume=progress(feasible_values, DIRECTIONS, finished), spread=_spread(profiles, view),
         failed=[(t.number, t.state, t.failure_reason or "no reason recorded") for t in view.trials
                 if t.state not in ("COMPLETE", "RUNNING", "WAITING")],
-        splits=split_rows(view),
+        splits=split_rows(view), sensitivity=attrs.get("sensitivity"),
     )

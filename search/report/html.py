@@ -300,6 +300,19 @@ def _all_trials(d: ReportData) -> str:
                   {2, 3, 4, 5}, classes)
 
 
+def _sensitivity(d: ReportData) -> str:
+    from search.report.sensitivity import most_sensitive, sensitivity_svg
+
+    table = d.sensitivity or {}
+    lowest = (table.get("bits") or ["?"])[-1]
+    top = ", ".join(f"{e(name)} ({value:.2g})" for name, value in most_sensitive(table, lowest))
+    return (f"<p>How much the model's output moves when one layer alone goes to each lower bit-width: "
+            f"{e(table.get('metric', ''))}, on {e(table.get('inputs', '?'))} calibration inputs (a proxy for "
+            f"ranking layers, not a measured quality). Most sensitive at {e(lowest)}: {top}. With "
+            f"<code>assign: sensitivity</code> the search keeps the most sensitive layers at higher precision.</p>"
+            f"{sensitivity_svg(table)}")
+
+
 def render_html(d: ReportData, command: str) -> str:
     sections = [("summary", "Summary", _summary(d)),
                 ("picks", "Recommended picks",
@@ -307,6 +320,7 @@ def render_html(d: ReportData, command: str) -> str:
                 ("fronts", "Pareto fronts per hardware profile",
                  "".join(_profile_section(d, p) for p in d.profiles.values())),
                 *([("splits", "Selection split vs report split", _splits(d))] if d.splits else []),
+                *([("sensitivity", "Per-layer sensitivity", _sensitivity(d))] if d.sensitivity else []),
                 ("cross", "Cross-hardware comparison", _cross_table(d)),
                 ("progress", "Search progress", _progress(d)),
                 ("spread", "Measurement spread", _spread(d)),

@@ -308,6 +308,13 @@ class Tracker:
         from search.report.data import build_report
         from search.report.plots import scatter_svg
 
+        table = view.attrs.get("sensitivity")
+        if table:  # the study's per-layer sensitivity (search/sensitivity.py), for hardware teams
+            from search.report.sensitivity import sensitivity_svg
+
+            self.client.log_dict(self.parent_id, table, "sensitivity.json")
+            self.client.log_text(self.parent_id, sensitivity_svg(table, f"{view.name}: per-layer sensitivity "
+                                                                        "(proxy)"), "plots/sensitivity.svg")
         data = build_report(view, with_layers=False)
         prof = data.profiles.get(data.objective_profile)
         if prof is None:

@@ -134,3 +134,17 @@ def test_a_study_in_sensitivity_mode_records_its_table(tmp_path: Path, capsys: p
     assert all("quantize.floor" in t.params for t in trials)
     assert all(t.state == o.trial.TrialState.COMPLETE for t in trials), [t.user_attrs for t in trials]
     assert json.loads(json.dumps(table)) == table
+
+    # For hardware teams: the table and its chart in MLflow and in the HTML report.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sens")
+    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("compsearch.role") == "study")
+    logged = json.loads(Path(client.download_artifacts(parent.info.run_id, "sensitivity.json")).read_text())
+    assert logged["error"] == table["error"]
+    svg = Path(client.download_artifacts(parent.info.run_id, "plots/sensitivity.svg")).read_text()
+    assert svg.startswith("<svg") and svg.count("<rect") >= 1 + 2 * len(LAYERS)
+    assert main(["report", "sens", "--results-dir", str(results), "--out", str(tmp_path / "report")]) == 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Per-layer sensitivity" in html and "net.2 at int4" in html

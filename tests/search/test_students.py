@@ -162,4 +162,7 @@ def test_a_study_reuses_its_student_and_shows_it(tmp_path: Path, capsys: pytest.
     assert first["cached"] == "miss" and first["from"] == "students/trial-1"
     assert second["cached"] == "hit" and second["key"] == first["key"] and second["from"] == "students/trial-1"
     assert trials[1]["recipe_hash"] != trials[2]["recipe_hash"]
+    phases = trials[2]["timings"]
+    assert set(phases) >= {"student", "compress", "evaluate", "measure", "total"}
+    assert phases["total"] >= phases["student"] + phases["compress"]
     assert (results / "cache" / "students" / first["key"] / "model.pt").is_file()
