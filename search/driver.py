@@ -340,9 +340,10 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
             backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
             task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")
             remeasure_front(study, backend, task, progress.say)
-        if coordinator:  # the final front on the report split, for reading only: nothing chooses on it
-            from search.study.report_split import evaluate_report_split
+        from search.study.report_split import evaluate_report_split, may_have_report_split
 
+        if coordinator and may_have_report_split(space.task_name, space.file):
+            # The final front on the report split, for reading only: nothing chooses on it.
             evaluate_report_split(study, runner, space.max_quality_drop, progress.say)
     except KeyboardInterrupt:
         status = "KILLED"

@@ -32,6 +32,9 @@ def _packing_conflict(state: CompressionState, layer_nodes: dict[str, str], pack
         if packed_ops.get(node) == "Attention":
             members[node].append(layer)
     for layers in members.values():
+        apart = [layer for layer in layers if layer in state.own_node]
+        if apart:
+            return f"{apart[0]}: {state.own_node[apart[0]]}"
         bits = {state.bits_of(layer) for layer in layers}
         if len(bits) > 1:
             return (f"q/k/v bit-widths differ ({', '.join(f'{la}={state.bits_of(la)}' for la in layers)}): "

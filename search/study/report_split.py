@@ -50,6 +50,16 @@ def with_drops(entries: dict[str, dict[str, Any]], baseline: str | None,
     return out
 
 
+def may_have_report_split(task_name: str, space_file: str) -> bool:
+    """False when the task's class keeps the base `evaluate_report` (no report split): then no trial
+    process is started for it at the end of the study."""
+    from search.tasks import TASKS
+    from search.tasks.base import Task
+    from search.tasks.loader import resolve_task
+
+    return resolve_task(task_name, space_file, TASKS).evaluate_report is not Task.evaluate_report
+
+
 def evaluate_report_split(study: optuna.Study, runner: ReportEvaluator, max_quality_drop: float | None,
                           say: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Evaluate the baseline and the front points not evaluated yet; store and return the record
@@ -58,6 +68,8 @@ def evaluate_report_split(study: optuna.Study, runner: ReportEvaluator, max_qual
     base = view.baseline
     numbers = sorted(set(view.pareto_numbers()) | ({base.number} if base is not None else set()))
     record = dict(study.user_attrs.get(ATTR) or {})
+    if record.get("none"):
+        return None  # asked before: this task has no report split
     entries: dict[str, dict[str, Any]] = dict(record.get("trials") or {})
     errors: dict[str, str] = dict(record.get("errors") or {})
     todo = [n for n in numbers if str(n) not in entries and view.trial(n).artifact_dir]
@@ -71,8 +83,9 @@ def evaluate_report_split(study: optuna.Study, runner: ReportEvaluator, max_qual
             errors[str(number)] = str(exc)
             say(f"  trial {number}: not evaluated on the report split ({exc})")
             continue
-        if result is None:
-            return None  # the task has no report split: nothing to record
+        if result is None:  # the task has no report split (e.g. minilm-sts without report_dir)
+            study.set_user_attr(ATTR, {"none": True})
+            return None
         entries[str(number)] = {"report_quality": result["quality"], "report_per_file": result["per_file"]}
         errors.pop(str(number), None)
     baseline = str(base.number) if base is not None else None

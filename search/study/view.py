@@ -335,7 +335,7 @@ class StudyView:
             "pareto": self.pareto_numbers(),
             "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (remeasure.py)
             # The baseline and front on the task's report split (report_split.py); None without one.
-            "report_split": self.attrs.get(REPORT_ATTR),
+            "report_split": None if (self.attrs.get(REPORT_ATTR) or {}).get("none") else self.attrs.get(REPORT_ATTR),
             "front": [r.to_json(quality_name) for r in self.front()],
             "trials": [{
                 "number": t.number, "state": t.state, "baseline": t.baseline, "recipe": t.recipe,

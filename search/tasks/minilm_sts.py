@@ -349,7 +349,15 @@ class MiniLMSTSTask(Task):
         return ReportQuality(float(np.mean(list(scores.values()))), scores)
 
     def evaluate_report(self, predict: Predict) -> ReportQuality | None:
-        return self.evaluate_sets(predict, self.report_sets) if self.report_sets else None
+        """The report files' mean and per-file scores; held-out train/ files (`holdout_files`: in neither
+        split) are added per file as `heldout:<stem>`, outside the mean."""
+        if not self.report_sets:
+            return None
+        report = self.evaluate_sets(predict, self.report_sets)
+        if self.holdout_sets:
+            held = self.evaluate_sets(predict, self.holdout_sets).per_file
+            report.per_file.update({f"heldout:{stem}": v for stem, v in held.items()})
+        return report
 
     def extra_metrics(self, predict: Predict) -> dict[str, float]:
         emb = self._embeddings(predict)

@@ -173,6 +173,7 @@ class CompressionState:
     # Bit-widths a fused node packing several layers (q/k/v in one Attention weight) can take; graph
     # fusion keeps those layers apart when theirs differ or fall outside (search/fusion/stage.py).
     packable_bits: frozenset[str] = frozenset({"fp32"})
+    own_node: dict[str, str] = field(default_factory=dict)  # layer -> why it must keep a node of its own
     # Why the embedding lookups must stay Gather nodes (not fused into EmbedLayerNormalization), or "".
     keep_embedding_gathers: str = ""
 

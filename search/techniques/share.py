@@ -139,6 +139,8 @@ class Share(Technique):
                                 f"k must be <= the weight count")
             shared[layer] = _Shared(weight, k, state.keep_zeros)
             state.note(layer, clusters=k)
+            # The codebook rewrite replaces one node's weight: a fused graph must not pack this layer.
+            state.own_node[layer] = "weight sharing stores its codebook on the layer's own node"
         if config.finetune_epochs:
             # Train only the centroids, through `weight = centroids[index]` (torch.func).
             def forward(inputs: tuple) -> torch.Tensor:

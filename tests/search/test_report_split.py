@@ -55,6 +55,14 @@ def test_drops_per_file_and_the_flag() -> None:
     assert "report_drop" not in with_drops(entries, None, 1.0)["3"]  # no baseline: no drop to compare
 
 
+def test_only_tasks_with_a_report_split_start_a_process_for_it() -> None:
+    from search.study.report_split import may_have_report_split
+
+    assert may_have_report_split("digits", "x.yaml") and may_have_report_split("minilm-sts", "x.yaml")
+    assert may_have_report_split("report_task.py:make_task", str(FIXTURES / "s.yaml"))
+    assert not may_have_report_split("user_task.py:make_task", str(FIXTURES / "s.yaml"))
+
+
 SPACE = {
     "name": "splits",
     "task": {"name": "report_task.py:make_task"},

@@ -109,3 +109,13 @@ def test_ort_quantizer_knobs_reach_the_quantizer(task, tmp_path) -> None:
     int4, _, _, _ = build(task, tmp_path / "acc", {f"{L1}.output.dense": "int4"}, int4_accuracy_level=4)
     node = next(n for n in onnx.load(str(int4.path)).graph.node if n.op_type == "MatMulNBits")
     assert next(a.i for a in node.attribute if a.name == "accuracy_level") == 4
+
+
+def test_weight_sharing_on_a_projection_keeps_it_out_of_the_packed_attention(task, tmp_path) -> None:
+    from search.techniques.share import ShareConfig
+
+    recipe = Recipe((ShareConfig(layer_clusters={f"{L0}.attention.self.key": 16}),))
+    artifact = build_artifact(task.build_model(), recipe, task, tmp_path)
+    fusion = artifact.graph["fusion"]
+    assert fusion["attention_op"] == "MultiHeadAttention" and "weight sharing" in fusion["attention_reason"]
+    assert artifact.layers[f"{L0}.attention.self.key"]["codebook"] is True

@@ -38,6 +38,10 @@ def test_report_files_are_read_per_file_and_kept_out_of_training_text(tmp_path: 
     assert report.quality == pytest.approx(sum(report.per_file.values()) / 4)
     assert 40.0 < report.quality < 95.0  # a real Spearman x100 on 24 pairs per file
     assert TASKS["minilm-sts"](OPTIONS, tmp_path).evaluate_report(predict) is None  # no report_dir: no split
+    held = TASKS["minilm-sts"]({**OPTIONS, "report_dir": "test", "holdout_files": "sts2012-SMTnews"}, tmp_path)
+    with_held = held.evaluate_report(predict)
+    assert set(with_held.per_file) == set(task.report_sets) | {"heldout:sts2012-SMTnews"}
+    assert with_held.quality == pytest.approx(report.quality)  # held-out files stay outside the mean
 
 
 def test_a_missing_report_dir_is_one_line(tmp_path: Path) -> None:
