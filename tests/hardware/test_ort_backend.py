@@ -85,3 +85,27 @@ def test_a_figure_is_the_median_of_several_fresh_processes(mlp: Path, fast_profi
     assert timing.latency.p50_ms == pytest.approx(p50s[1], rel=1e-6)  # the middle one, whole
     assert timing.host["process_spread"] == pytest.approx(p50s[2] / p50s[0] - 1)
     assert 0 <= timing.host["processes_contended"] <= 3
+
+
+def test_persistent_contention_is_not_retried_in_every_process(mlp: Path, fast_profiles: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the first process's every attempt was contended, the others time once each: retries cannot
+    outlast outside load, and the figure is still the median of fresh processes, marked contended."""
+    from dataclasses import replace
+
+    from hardware import isolated
+
+    asked: list[int] = []
+    real = isolated.run_child
+
+    def contended(argv: list[str], threads: int, timeout_s: float) -> dict:
+        asked.append(int(argv[argv.index("--max-attempts") + 1]))
+        result = real(argv, threads, timeout_s)
+        result["host"] = {**result["host"], "contended": True, "attempts": asked[-1]}
+        return result
+
+    monkeypatch.setattr(isolated, "run_child", contended)
+    profile = load_profile("fast-cpu")
+    timing = isolated.time_onnx(mlp, profile, QUERY, replace(profile.measure, processes=3, max_attempts=2))
+    assert asked == [2, 1, 1]
+    assert timing.host["processes"] == 3 and timing.host["processes_contended"] == 3
