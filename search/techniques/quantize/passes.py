@@ -188,6 +188,15 @@ def _int8_dynamic(model: onnx.ModelProto, nodes: list[str], config: QuantizeConf
     return model, _renamed_nodes(model, nodes, ("MatMulInteger", "QAttention"), "_quant", "int8 dynamic")
 
 
+def _follow_gemm_split(model: onnx.ModelProto, node_of: Mapping[str, str]) -> dict[str, str]:
+    """ORT's dynamic quantizer splits every Gemm of the graph into `<name>_MatMul` + `<name>_Add`, also
+    the Gemms it leaves in fp32: layer -> the node that computes it now (int4, fp16 and the reports
+    look layers up by node name; they failed on an int8-dynamic graph before this)."""
+    names = {n.name for n in model.graph.node}
+    return {layer: node if node in names or f"{node}_MatMul" not in names else f"{node}_MatMul"
+            for layer, node in node_of.items()}
+
+
 def _renamed_nodes(model: onnx.ModelProto, nodes: list[str], op_types: tuple[str, ...], suffix: str,
                    what: str) -> dict[str, str]:
     """ORT's quantizers rename the nodes they replace (name + suffix): map each layer's node to its
@@ -236,7 +245,9 @@ def quantize_onnx(artifact: Artifact, config: QuantizeConfig, calibration_feeds:
     layer_nodes = dict(node_of)
     if int8 and learned is None and config.activations == "dynamic":
         model, renamed = _int8_dynamic(model, [node_of[layer] for layer in int8], config)
-        layer_nodes.update({layer: renamed[node_of[layer]] for layer in int8})
+        int8_nodes = {layer: renamed[node_of[layer]] for layer in int8}
+        node_of = _follow_gemm_split(model, node_of)  # the other layers' nodes, for the passes below
+        layer_nodes = {**node_of, **int8_nodes}
     elif int8 and learned is None:
         model = _int8_ptq(model, [node_of[layer] for layer in int8], config, calibration_feeds)
     else:

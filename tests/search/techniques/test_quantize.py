@@ -111,6 +111,18 @@ def test_mixed_bits_in_one_artifact_run_their_own_kernels(task, fp32, backend, t
     assert quality > 0.7  # binary last layer: 0.885-0.91 over reruns (training is not bit-exact); chance is 0.1
 
 
+@pytest.mark.parametrize("bits", [("int8", "int4", "fp16"), ("fp16", "int8", "int4"), ("int4", "fp16", "int8")])
+def test_int8_dynamic_beside_int4_and_fp16_layers_runs(task, fp32, backend, tmp_path: Path, bits) -> None:
+    """Sensitivity-guided assignments mix bit-widths in any order: each pass leaves the others' nodes
+    runnable (int4 and fp16 beside int8 dynamic once broke the graph)."""
+    artifact = quantize(fp32, task, tmp_path, bits, activations="dynamic")
+    quality, kernels = run(backend, task, artifact)
+    by_bits = dict(zip(bits, LAYERS, strict=True))
+    assert kernels[by_bits["int4"]] == "com.microsoft.MatMulNBits"
+    assert kernels[by_bits["int8"]].split(".")[-1] in ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat")
+    assert quality > 0.8
+
+
 def test_int4_reference_matches_what_matmulnbits_computes(task, fp32, tmp_path: Path) -> None:
     import onnxruntime as ort
 
