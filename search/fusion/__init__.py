@@ -11,6 +11,8 @@ transformer (`Task.fusion`) is exported for fusion here instead:
     export.py     TorchScript export with eager attention, head counts pinned per layer
     optimize.py   run the optimizer, count what fused, check it against what should have
     spec.py       what a task declares (FusionSpec) and what an artifact records (Fusions)
+    unpack.py     one layer's packed Attention back to q/k/v MatMuls + MultiHeadAttention
+    stage.py      one candidate: fuse, unpack the layers whose bits need it, check the baseline
 
 The stage runner (search/compress.py) calls `fuse_model` between export and the ONNX-stage
 techniques, which then quantize the fused graph; search/layer_map.py finds each layer's node

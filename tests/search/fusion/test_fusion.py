@@ -105,3 +105,23 @@ def test_baseline_artifact_records_fusions_and_a_baseline_that_does_not_fuse_fai
     broken = TinyBertTask(tmp_path / "cache2", extra_layers=1)  # expects 3 attention ops from 2 layers
     with pytest.raises(FusionError, match="did not fuse"):
         build_artifact(broken.build_model(), Recipe(()), broken, tmp_path / "broken")
+
+
+def test_unpacking_one_attention_computes_the_same(task, tmp_path) -> None:
+    """A layer re-expressed as q/k/v MatMuls + MultiHeadAttention computes what its packed Attention did."""
+    import onnx
+
+    from search.fusion.unpack import unpack_attention
+    from search.layer_map import map_layers_by_value
+
+    artifact, _ = _fuse(task, task.build_model(), tmp_path / "fused.onnx")
+    proto = onnx.load(str(artifact.path))
+    first = next(n.name for n in proto.graph.node if n.op_type == "Attention")
+    assert len(unpack_attention(proto, {first})) == 1
+    onnx.save(proto, str(tmp_path / "unpacked.onnx"))
+    found = ops(tmp_path / "unpacked.onnx")
+    assert found["Attention"] == 1 and found["MultiHeadAttention"] == 1
+    f = feeds(3, seq=20, seed=9)
+    assert np.abs(run(tmp_path / "unpacked.onnx", f) - run(artifact.path, f)).max() < 1e-5
+    nodes = map_layers_by_value(proto, task.build_model())
+    assert len({nodes[f"bert.encoder.layer.0.attention.self.{p}"] for p in ("query", "key", "value")}) == 3

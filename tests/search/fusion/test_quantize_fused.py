@@ -52,7 +52,9 @@ def test_int8_dynamic_quantizes_the_packed_attention_and_the_ffn(task, tmp_path)
 def test_int4_on_one_projection_keeps_q_k_v_apart_visibly(task, tmp_path) -> None:
     bits = {f"{L0}.attention.self.query": "int4", f"{L1}.output.dense": "int4"}
     _, layers, fusion, quality = build(task, tmp_path, bits, block_size=32)
-    assert fusion["attention_op"] == "MultiHeadAttention" and fusion["complete"]
+    # Only layer 0 needs its projections apart: layer 1 keeps the packed Attention kernel.
+    assert fusion["attention_op"] == "Attention + MultiHeadAttention" and fusion["complete"]
+    assert fusion["counts"]["Attention"] == 1 and fusion["counts"]["MultiHeadAttention"] == 1
     assert "int4" in fusion["attention_reason"] and "differ" in fusion["attention_reason"]
     assert layers[f"{L0}.attention.self.query"]["kernel"] == "com.microsoft.MatMulNBits"
     assert layers[f"{L0}.attention.self.key"]["kernel"] == "MatMul"
@@ -117,5 +119,5 @@ def test_weight_sharing_on_a_projection_keeps_it_out_of_the_packed_attention(tas
     recipe = Recipe((ShareConfig(layer_clusters={f"{L0}.attention.self.key": 16}),))
     artifact = build_artifact(task.build_model(), recipe, task, tmp_path)
     fusion = artifact.graph["fusion"]
-    assert fusion["attention_op"] == "MultiHeadAttention" and "weight sharing" in fusion["attention_reason"]
+    assert fusion["attention_op"] == "Attention + MultiHeadAttention" and "weight sharing" in fusion["attention_reason"]
     assert artifact.layers[f"{L0}.attention.self.key"]["codebook"] is True
