@@ -120,6 +120,7 @@ def test_the_table_is_measured_once_and_cached(task: DigitsTask, tmp_path: Path)
     assert not study_sensitivity(space, task, model, tmp_path / "results")["cached"]
 
 
+@pytest.mark.slow
 def test_a_study_in_sensitivity_mode_records_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     space = write_space(tmp_path, {"assign": "sensitivity", "bits": ["fp32", "int8", "int4"],
                                    "activations": "dynamic"})
