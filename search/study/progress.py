@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from search.budget import view_interrupted
+from search.reuse import variant_label
 from search.study.view import StudyView
 from search.units import format_bytes, format_duration
 
@@ -47,6 +48,8 @@ class Progress:
         else:
             what = f"{t.state}: {t.failure_reason or 'no reason recorded'}"
         label = "baseline" if t.baseline else t.summary + (f" [anchor: {t.anchor}]" if t.anchor else "")
+        if t.variant_of is not None:
+            label += f" [{variant_label(t.variant_of, t.student)}]"
         self.say(f"[{n:>{len(str(self.total))}}/{self.total}] trial {number} {t.state.lower()}  {what}  "
                  f"| {label} | elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}")
 

@@ -183,6 +183,8 @@ class Tracker:
         }
         if view.anchor:
             tags["anchor"] = view.anchor[:TAG_MAX]
+        if view.variant_of is not None:
+            tags["variant_of"] = str(view.variant_of)
         if view.rejected:
             tags["rejected"] = "true"
         if view.failure_reason:

@@ -153,6 +153,7 @@ class TrialView:
     student: dict[str, Any] | None = None  # key, cached (hit/miss), from: the trained student it started from
     report: dict[str, Any] | None = None  # report-split figures (search/study/report_split.py)
     anchor: str | None = None  # "<technique> <setting>": a standard recipe of the space, run first (search/guide.py)
+    variant_of: int | None = None  # the trial whose cached student this one reuses with other quantization (reuse.py)
     rejected: bool = False  # stopped early by its proxy score (failure_reason says by how much)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the trial
 
@@ -226,6 +227,7 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
             "key": attrs["student_key"], "cached": attrs.get("student_cached"), "from": attrs.get("student_from"),
             "seconds": attrs.get("student_seconds")},
         anchor=attrs.get("anchor"),
+        variant_of=attrs.get("variant_of"),
         rejected=bool(attrs.get("rejected", False)),
         timings=attrs.get("timings", {}),
     )
@@ -309,12 +311,17 @@ class StudyView:
         return [self.row(n, profile) for n in self.pareto_numbers(profile)]
 
     def guide_summary(self) -> dict[str, Any]:
-        """What guiding did: anchors run, trials rejected early and the time that saved (estimated
-        from the phases completed trials spent after the proxy: see search/rejection.py)."""
+        """What guiding did: anchors run, student variants run and cache hits (search/reuse.py), trials
+        rejected early and the time that saved (estimated from the phases completed trials spent after
+        the proxy: see search/rejection.py)."""
         from search.rejection import time_saved_s
 
         anchors = {t.number for t in self.trials if t.anchor}
-        return {"anchors": len(anchors), "anchors_on_front": len(anchors & set(self.pareto_numbers())),
+        variants = {t.number for t in self.trials if t.variant_of is not None and t.state != "WAITING"}
+        front = set(self.pareto_numbers())
+        return {"anchors": len(anchors), "anchors_on_front": len(anchors & front),
+                "student_variants": len(variants), "student_variants_on_front": len(variants & front),
+                "student_cache_hits": sum(1 for t in self.trials if (t.student or {}).get("cached") == "hit"),
                 "rejected_early": sum(t.rejected for t in self.trials),
                 "time_saved_s_estimated": time_saved_s(self.trials)}
 
@@ -343,7 +350,7 @@ class StudyView:
                 "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
                 "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
-                "anchor": t.anchor, "rejected": t.rejected, "timings": t.timings,
+                "anchor": t.anchor, "variant_of": t.variant_of, "rejected": t.rejected, "timings": t.timings,
             } for t in self.trials],
             "guide": self.guide_summary(),
         }

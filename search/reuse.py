@@ -1,0 +1,161 @@
+"""Student reuse: after a trial trains a promising new student, its quantization variants run next.
+
+A trial's student (its structural and training steps: search/students.py) costs minutes; the
+rest of its recipe (quantization, sharing) costs seconds on a cached student. So when a trial
+completes that
+
+- trained a new student (`student_cached` "miss": not a cache hit, not itself a variant),
+- and is promising: its quality drop is within PROMISING x the allowed drop,
+
+`guide.reuse_students` variants of it are enqueued at once (they run before the sampler draws
+a new student). A variant fixes the Optuna params of the student techniques to the parent's,
+so its student prefix, and its cache key, are the parent's: it loads the student instead of
+training it. The other params are left to the study's sampler (`enqueue_trial` with partial
+params: Optuna samples the missing ones), except a few non-student params per variant, pinned so
+that a variant differs from its parent and its siblings wherever the space allows (an identical
+recipe would only repeat an earlier result and waste a trial: `variant_params`).
+
+Why PROMISING = 2: the parent's drop includes its own quantization, which a variant changes. A
+parent up to twice over the limit may owe the excess to an aggressive quantization that a
+milder variant avoids; beyond that the student itself is too weak, and quantizing it further
+only loses more.
+
+Variants are marked `variant_of` (the parent's number). The budget holds: at most the budget
+left minus the trials already waiting are enqueued, under the study's budget lock (so two
+workers finishing at once cannot overshoot it), and a parent gets its variants once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search.budget import used as budget_used
+from search.recovery import budget_lock
+from search.techniques import REGISTRY
+
+if TYPE_CHECKING:
+    from search.space import SearchSpace
+
+PROMISING = 2.0  # a parent's quality drop may be up to this many times the allowed drop
+VARIANT_ATTR = "variant_of"
+
+
+def is_student_param(name: str) -> bool:
+    """Whether an Optuna param belongs to a student technique: params are named `<technique>.<key>...`
+    (search/techniques/*), so the part before the first dot names the technique."""
+    technique = name.split(".", 1)[0]
+    return technique in REGISTRY.names() and REGISTRY.named(technique).student
+
+
+def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the student techniques' params, the others) of one trial."""
+    student = {k: v for k, v in params.items() if is_student_param(k)}
+    return student, {k: v for k, v in params.items() if k not in student}
+
+
+def wants_variants(trial: FrozenTrial, max_quality_drop: float) -> bool:
+    """A completed trial that trained a new student (a cache miss; not a variant, not the baseline),
+    has student params to fix, and is promising (see PROMISING)."""
+    attrs = trial.user_attrs
+    if trial.state != TrialState.COMPLETE or attrs.get("baseline") or VARIANT_ATTR in attrs:
+        return False
+    if attrs.get("student_cached") != "miss" or not split_params(trial.params)[0]:
+        return False
+    drop = attrs.get("quality_drop")
+    return drop is not None and drop <= PROMISING * max(0.0, max_quality_drop)
+
+
+def _other_values(dist: BaseDistribution, current: Any, rng: random.Random) -> Any:
+    """A value of `dist` other than `current`, or None when it has no other."""
+    if isinstance(dist, CategoricalDistribution):
+        others = [c for c in dist.choices if c != current]
+        return rng.choice(others) if others else None
+    if isinstance(dist, IntDistribution):
+        grid = range(dist.low, dist.high + 1, dist.step)
+        if len(grid) < 2:
+            return None
+        for _ in range(20):
+            value = (round(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))) if dist.log
+                     else grid[rng.randrange(len(grid))])
+            if value != current and dist.low <= value <= dist.high:
+                return value
+        return next(v for v in grid if v != current)
+    if isinstance(dist, FloatDistribution):
+        if dist.low == dist.high:
+            return None
+        if dist.step is not None:
+            steps = round((dist.high - dist.low) / dist.step)
+            picks = [k for k in range(steps + 1) if not math.isclose(dist.low + k * dist.step, current)]
+            return min(dist.low + rng.choice(picks) * dist.step, dist.high) if picks else None
+        if dist.log:
+            return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
+        return rng.uniform(dist.low, dist.high)
+    return None
+
+
+def variant_params(parent: FrozenTrial, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The partial params of `n` variants of `parent`: its student params; variant i sets the i-th of the
+    parent's other params (shuffled) to a value the parent did not have, and the ones before it to the
+    parent's, so each variant differs from the parent and from its siblings whatever the sampler draws
+    for the rest. [] when no param outside the student can change: the space allows no variant."""
+    student, others = split_params(parent.params)
+    candidates = [k for k in others if _other_values(parent.distributions[k], others[k], rng) is not None]
+    if not candidates:
+        return []
+    rng.shuffle(candidates)
+    out = []
+    for i in range(n):
+        name = candidates[i % len(candidates)]
+        kept = {k: others[k] for k in candidates[:i % len(candidates)]}
+        out.append({**student, **kept, name: _other_values(parent.distributions[name], others[name], rng)})
+    return out
+
+
+def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, budget: int,
+                     storage: str) -> int:
+    """Enqueue `space.guide.reuse_students` variants of `parent` if it wants them (`wants_variants`), as many
+    as the budget allows; returns how many were enqueued."""
+    wanted = space.guide.reuse_students
+    if wanted <= 0 or not wants_variants(parent, space.max_quality_drop):
+        return 0
+    with budget_lock(storage, study.study_name):
+        trials = study.get_trials(deepcopy=False)
+        if any(t.user_attrs.get(VARIANT_ATTR) == parent.number for t in trials):
+            return 0  # enqueued before (a resumed study re-reads its finished trials)
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        left = budget - budget_used(trials) - waiting
+        # Seeded by the study and the parent: a rerun of the same study pins the same params.
+        rng = random.Random(f"{study.study_name}:{parent.number}")
+        variants = variant_params(parent, max(0, min(wanted, left)), rng)
+        for params in variants:
+            study.enqueue_trial(params, user_attrs={VARIANT_ATTR: parent.number})
+    return len(variants)
+
+
+def after_trial(space: SearchSpace, budget: int, storage: str,
+                say: Callable[[str], None]) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """The driver's callback after each finished trial: enqueue its variants and say so."""
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        n = enqueue_variants(study, trial, space, budget, storage)
+        if n:
+            drop = trial.user_attrs.get("quality_drop", float("nan"))
+            say(f"trial {trial.number} trained a promising student (quality drop {drop:.4g}): {n} variant(s) of it "
+                f"queued, reusing its cached student with other quantization/sharing")
+    return callback
+
+
+def variant_label(variant_of: int | None, student: dict[str, Any] | None) -> str:
+    """How progress lines and reports name a variant: "variant of trial 4's student (cached)"."""
+    if variant_of is None:
+        return ""
+    cached = (student or {}).get("cached")
+    how = {"hit": "cached", "miss": "rebuilt: not in the cache", "off": "rebuilt: the cache is off"}.get(
+        str(cached), "same recipe as an earlier trial: its result reused")
+    return f"variant of trial {variant_of}'s student ({how})"

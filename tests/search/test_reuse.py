@@ -1,0 +1,136 @@
+"""Student reuse (search/reuse.py): which params fix a student, when variants are queued, and a study
+whose variant loads its parent's cached student."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import FixedTrial, TrialState
+
+from search.cli import main
+from search.compress import split_recipe
+from search.guide import Guide
+from search.reuse import VARIANT_ATTR, enqueue_variants, split_params, variant_params, wants_variants
+from search.space import load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory):
+    return load_space(ROOT / "spaces" / "digits.yaml", tmp_path_factory.mktemp("models"))
+
+
+def _sampled(space, seed: int = 0) -> optuna.trial.FrozenTrial:
+    """One trial of `space` sampled at random, with the prune ratio and distillation drawn nonzero."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    study.enqueue_trial({"prune.ratio": 0.5, "distill.epochs": 2})
+    trial = study.ask()
+    space.sample(trial)
+    study.tell(trial, 1.0)
+    return study.trials[0]
+
+
+def test_student_params_are_the_student_techniques_and_fix_the_student_prefix(digits) -> None:
+    parent = _sampled(digits)
+    student, others = split_params(parent.params)
+    assert set(student) == {"prune.ratio", "distill.epochs", "distill.temperature"}
+    assert others and all(k.startswith("quantize.") for k in others)
+    prefix = split_recipe(digits.sample(FixedTrial(parent.params)))[0]
+    assert [s.type for s in prefix.steps] == ["prune", "distill"]
+    recipes = {digits.sample(FixedTrial(parent.params)).hash}
+    variants = variant_params(parent, 4, random.Random(0))
+    assert len(variants) == 4
+    for i, params in enumerate(variants):
+        assert {k: params[k] for k in student} == student and len(params) == len(student) + i + 1
+        changed = [k for k, v in params.items() if v != parent.params[k]]
+        assert len(changed) == 1  # one param pinned to another value, the siblings' ones to the parent's
+        # Whatever the sampler draws for the rest (here the parent's values), each variant is a new recipe
+        variant = digits.sample(FixedTrial({**parent.params, **params}))
+        assert split_recipe(variant)[0].hash == prefix.hash  # the same student: a cache hit
+        recipes.add(variant.hash)
+    assert len(recipes) == 5
+    assert variant_params(parent, 2, random.Random(0)) == variants[:2]  # seeded: a rerun pins the same
+
+
+def _study_with_parent(space, tmp_path: Path, drop: float, cached: str = "miss", **attrs) -> optuna.Study:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
+    sampled = _sampled(space)
+    study.add_trial(optuna.trial.create_trial(
+        params=sampled.params, distributions=sampled.distributions, values=[0.9, 1.0, 100.0],
+        user_attrs={"quality_drop": drop, "student_cached": cached, "student_key": "k", **attrs}))
+    return study
+
+
+def _variants(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if VARIANT_ATTR in t.user_attrs]
+
+
+def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp_path: Path) -> None:
+    study = _study_with_parent(digits, tmp_path, drop=0.03)  # over 0.02 but within 2x: promising
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    parent = study.trials[0]
+    assert enqueue_variants(study, parent, digits, budget=2, storage=storage) == 1  # 1 used, 1 left
+    assert enqueue_variants(study, parent, digits, budget=10, storage=storage) == 0  # once per parent
+    (variant,) = _variants(study)
+    assert variant.state == TrialState.WAITING and variant.user_attrs[VARIANT_ATTR] == parent.number
+    student = split_params(parent.params)[0]
+    assert {k: variant.system_attrs["fixed_params"][k] for k in student} == student
+
+
+@pytest.mark.parametrize(("drop", "attrs", "guide"), [
+    (0.05, {}, Guide()),  # more than twice the allowed drop: the student is too weak
+    (0.0, {"student_cached": "hit"}, Guide()),  # it trained no new student
+    (0.0, {VARIANT_ATTR: 0}, Guide()),  # itself a variant
+    (0.0, {}, Guide(reuse_students=0)),  # `reuse_students: false`
+])
+def test_no_variants(digits, tmp_path: Path, drop: float, attrs: dict, guide: Guide) -> None:
+    from dataclasses import replace
+
+    space = replace(digits, guide=guide)
+    study = _study_with_parent(space, tmp_path, drop, **attrs)
+    assert not enqueue_variants(study, study.trials[0], space, budget=10, storage=f"sqlite:///{tmp_path}/x.db")
+    assert not _variants(study)
+    assert wants_variants(study.trials[0], space.max_quality_drop) == (not attrs and drop <= 0.04)
+
+
+SPACE = {
+    "name": "reuse",
+    "task": {"name": "digits", "options": {"hidden": 32, "epochs": 4}},
+    "hardware": {"profiles": ["ort-cpu"]},
+    "constraints": {"max_quality_drop": 0.5},
+    "sampler": "random",
+    "guide": {"anchors": False, "reuse_students": 2, "reject_early": False},
+    "techniques": {"prune": {"structure": "structured", "ratio": [0.25, 0.5]}, "distill": {"epochs": 1},
+                   "quantize": {"bits": ["fp32", "int8", "fp16"], "calibration": ["minmax", "entropy"]}},
+}
+
+
+@pytest.mark.slow  # a 4-trial study with MLflow: ~40 s here
+def test_a_study_runs_variants_on_the_cached_student(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "reuse.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    results = tmp_path / "results"
+    assert main(["run", str(space), "--results-dir", str(results), "--trials", "4", "--seed", "1",
+                 "--no-remeasure"]) == 0
+    out = capsys.readouterr().out
+    assert "trial 1 trained a promising student" in out and "2 variant(s) of it queued" in out
+    assert "[variant of trial 1's student (cached)]" in out
+    assert main(["show", "reuse", "--json", "--results-dir", str(results)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    trials = shown["trials"]
+    parent = trials[1]
+    assert parent["student"]["cached"] == "miss" and parent["variant_of"] is None
+    for variant in trials[2:]:
+        assert variant["variant_of"] == 1 and variant["state"] == "COMPLETE"
+        assert variant["student"]["cached"] == "hit" and variant["student"]["key"] == parent["student"]["key"]
+        assert variant["params"]["prune.ratio"] == parent["params"]["prune.ratio"]
+        assert variant["recipe_hash"] != parent["recipe_hash"]
+        assert variant["timings"]["student"] < parent["timings"]["student"]
+    assert shown["guide"]["student_variants"] == 2 and shown["guide"]["student_cache_hits"] == 2
