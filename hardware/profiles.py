@@ -51,7 +51,8 @@ def _measure_schema() -> dict[str, Rule]:
         "max_other_cpu": "cores other processes may use before a timing counts as contended",
         "retry_wait_s": "pause before timing a contended figure again",
         "confidence": "of the median's confidence interval (order statistics)",
-        "remeasure_factor": "the Pareto candidates are timed again this many times longer at the end of a study",
+        "remeasure_factor": "contested Pareto candidates are timed again up to this many times longer at the end of "
+                            "a study (lowered, down to 2, to fit a third of the search time)",
         "processes": "fresh processes per figure; the one with the median p50 is kept",
     }
     out = {}

@@ -259,6 +259,7 @@ def _check_workers(options: RunOptions) -> None:
 
 def run(space: SearchSpace, options: RunOptions) -> StudyView:
     """Run (or resume) the study to its budget; returns the final view. Raises UserError on bad input."""
+    started = time.monotonic()  # the search phase's wall time sizes the re-measurement budget
     for profile in space.profiles:  # fails before anything is written
         make_backend(profile)
     student_cache_cap()  # a malformed COMPSEARCH_STUDENT_CACHE: one line, before anything is written
@@ -343,7 +344,7 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
 
             backend = make_backend(next(p for p in space.profiles if p.name == space.objective_profile))
             task = TASKS[space.task_name](space.task_options, options.results_dir / "cache" / "models")
-            remeasure_front(study, backend, task, progress.say)
+            remeasure_front(study, backend, task, progress.say, search_s=time.monotonic() - started)
         from search.study.report_split import evaluate_report_split, may_have_report_split
 
         if coordinator and may_have_report_split(space.task_name, space.file):
