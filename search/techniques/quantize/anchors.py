@@ -30,6 +30,8 @@ def settings_params(space: TechniqueSpace, bits: str, embedding_bits: str) -> di
     params["quantize.mode"] = mode
     if mode == "qat":
         params["quantize.qat_epochs"] = pick.lowest(dims["qat_epochs"])
+    if bits == "int8":  # full 8-bit weights are the more accurate (PTQ and QAT)
+        params["quantize.reduce_range"] = pick.first(dims["reduce_range"], (False,))
     if mode == "ptq" and bits == "int8":
         # Per-batch activation ranges and per-channel weight scales: what `quantize_dynamic` does.
         params["quantize.activations"] = pick.first(dims["activations"], ("dynamic",))
@@ -37,9 +39,7 @@ def settings_params(space: TechniqueSpace, bits: str, embedding_bits: str) -> di
         if params["quantize.activations"] == "static":
             params["quantize.calibration"] = pick.first(dims["calibration"], CALIBRATION_PREFERENCE)
             params["quantize.symmetric_activations"] = pick.first(dims["symmetric_activations"], (False,))
-        # ORT's options (issue 12): full 8-bit weights are the more accurate; pre-processing measured no
-        # different on MiniLM and costs time per trial.
-        params["quantize.reduce_range"] = pick.first(dims["reduce_range"], (False,))
+        # ORT's option (issue 12): pre-processing measured no different on MiniLM and costs time per trial.
         params["quantize.preprocess"] = pick.first(dims["preprocess"], (False,))
     if bits == "int4":
         # int8 dot products: what the expert int4 baseline uses (search/benchmarks/baselines.py), faster on CPU.

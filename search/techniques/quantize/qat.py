@@ -55,9 +55,13 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | 
 
 class FakeQuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear, bits: str, in_range: tuple[float, float], out_range: tuple[float, float],
-                 matmul: bool = False, block: int = INT4_BLOCK):
+                 matmul: bool = False, block: int = INT4_BLOCK, reduce_range: bool = False):
         super().__init__()
         self.block = block  # int4: MatMulNBits block size
+        # int8 weights in [-127, 127], or in 7 bits ([-64, 64], ORT's reduce_range) so that x86 CPUs
+        # without VNNI, whose u8 x s8 kernels add products in saturating int16, compute exactly
+        # what training saw (full-range weights overflow there: the deployed model drifts).
+        self.w_qmax = 64 if reduce_range else 127
         # `matmul`: inputs of rank > 2, which the exporter writes as MatMul + a float bias Add
         # (2-D inputs become one Gemm, bias inside): the output is quantized before the bias.
         self.linear, self.bits, self.matmul = linear, bits, matmul
@@ -69,7 +73,7 @@ class FakeQuantLinear(nn.Module):
                 self.register_buffer(f"{key}_zero_point", torch.tensor(float(np.clip(round(-lo / scale), 0, 255))))
                 setattr(self, f"{key}_log_scale", nn.Parameter(torch.tensor(float(np.log(scale)))))
             w_max = linear.weight.detach().abs().amax(dim=1).clamp_min(1e-8)
-            self.weight_log_scale = nn.Parameter(torch.log(w_max / 127.0))
+            self.weight_log_scale = nn.Parameter(torch.log(w_max / self.w_qmax))
 
     def scales(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.exp(self.act_log_scale), torch.exp(self.weight_log_scale), torch.exp(self.out_log_scale)
@@ -79,7 +83,7 @@ class FakeQuantLinear(nn.Module):
         if self.bits == "int8":
             s_a, s_w, s_o = self.scales()
             x = fake_quant(x, s_a, self.act_zero_point, 0, 255)
-            w = fake_quant(w, s_w[:, None], 0.0, -127, 127)
+            w = fake_quant(w, s_w[:, None], 0.0, -self.w_qmax, self.w_qmax)
             if self.matmul:
                 y = fake_quant(nn.functional.linear(x, w), s_o, self.out_zero_point, 0, 255)
                 return y if b is None else y + b
@@ -103,7 +107,7 @@ class FakeQuantLinear(nn.Module):
     def learned(self) -> dict:
         """The int8 parameters the exporter writes: exactly what the forward pass uses."""
         s_a, s_w, s_o = self.scales()
-        w_q = torch.clamp(torch.round(self.linear.weight / s_w[:, None]), -127, 127)
+        w_q = torch.clamp(torch.round(self.linear.weight / s_w[:, None]), -self.w_qmax, self.w_qmax)
         out = {"act_scale": float(s_a), "act_zero_point": int(self.act_zero_point),
                "weight_q": w_q.numpy().astype(np.int8), "weight_scales": s_w.numpy().astype(np.float32),
                "bias_q": None, "out_scale": float(s_o), "out_zero_point": int(self.out_zero_point)}
@@ -168,7 +172,8 @@ def wrap(model: nn.Module, config: QuantizeConfig, state: CompressionState,
     wrapped = {}
     for name in layers:
         wrapper = FakeQuantLinear(model.get_submodule(name), bits[name],
-                                  *ranges.get(name, ((0.0, 1.0), (0.0, 1.0), False)), block=config.block_size)
+                                  *ranges.get(name, ((0.0, 1.0), (0.0, 1.0), False)), block=config.block_size,
+                                  reduce_range=config.reduce_range)
         model.set_submodule(name, wrapper, strict=True)
         wrapped[name] = wrapper
     return QatModel(model, wrapped)

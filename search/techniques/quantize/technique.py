@@ -60,8 +60,8 @@ class Quantize(Technique):
                                help="bit-width of the embedding tables (Gather on a constant 2-D table)"),
         "block_size": Rule("int", default=INT4_BLOCK, minimum=16, maximum=1024,
                            help="values per scale for int4 (MatMulNBits) and quantized embeddings: a power of 2"),
-        "reduce_range": Rule("bool", default=False, help="int8 PTQ: weights in 7 bits (ORT's reduce_range; avoids "
-                                                         "saturation on x86 CPUs without VNNI)"),
+        "reduce_range": Rule("bool", default=False, help="int8 (PTQ and QAT): weights in 7 bits (ORT's reduce_range; "
+                                                         "avoids saturation on x86 CPUs without VNNI)"),
         "preprocess": Rule("bool", default=False, help="int8 PTQ: ORT's quantization pre-processing (symbolic "
                                                        "shape inference + graph optimisation) before quantizing"),
         "symmetric_activations": Rule("bool", default=False,
@@ -85,7 +85,7 @@ class Quantize(Technique):
                   "per_channel": "mode is ptq and a layer is int8", "activations": "mode is ptq and a layer is int8",
                   "mode": "a layer or the embeddings are not fp32",
                   "block_size": "a layer is int4 or the embeddings are not fp32",
-                  "reduce_range": "mode is ptq and a layer is int8", "preprocess": "mode is ptq and a layer is int8",
+                  "reduce_range": "a layer is int8", "preprocess": "mode is ptq and a layer is int8",
                   "symmetric_activations": "mode is ptq, activations static and a layer is int8",
                   "int4_accuracy_level": "a layer is int4"}
     order = 60
@@ -157,10 +157,11 @@ class Quantize(Technique):
         qat_epochs = int(dims["qat_epochs"].suggest(trial, "quantize.qat_epochs")) if mode == "qat" else 0
         calibration, per_channel, activations = "minmax", True, "static"
         knobs: dict = {}
+        if "int8" in layer_bits.values():  # PTQ and QAT alike: the weights' range the kernel takes
+            knobs["reduce_range"] = bool(dims["reduce_range"].suggest(trial, "quantize.reduce_range"))
         if mode == "ptq" and "int8" in layer_bits.values():
             activations = dims["activations"].suggest(trial, "quantize.activations")
             per_channel = dims["per_channel"].suggest(trial, "quantize.per_channel")
-            knobs["reduce_range"] = bool(dims["reduce_range"].suggest(trial, "quantize.reduce_range"))
             knobs["preprocess"] = bool(dims["preprocess"].suggest(trial, "quantize.preprocess"))
             if activations == "static":  # a dynamic range needs no calibration method
                 calibration = dims["calibration"].suggest(trial, "quantize.calibration")
