@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import yaml
 
-from search.benchmarks.efficiency import Run, hypervolume_curve, mean_curve, method_space, reach
+from search.benchmarks.efficiency import METHODS, WORKLOADS, Run, hypervolume_curve, mean_curve, method_space, reach
+from search.space import load_space
 from search.study.view import CONSTRAINT_KEY, DIRECTIONS
 
 
@@ -57,3 +59,15 @@ def test_methods_differ_only_in_sampler_guide_and_assignment():
     for data in spaces.values():
         data.pop("sampler"), data.pop("guide"), data["techniques"]["quantize"].pop("assign")
     assert spaces["random"] == spaces["tpe"] == spaces["guided"]
+
+
+@pytest.mark.parametrize("workload", sorted(WORKLOADS))
+@pytest.mark.parametrize("method", METHODS)
+def test_each_derived_space_validates(workload, method, tmp_path):
+    """What the benchmark runs is a space file a user could run: it passes the same validation."""
+    data = method_space(WORKLOADS[workload], method)
+    path = tmp_path / f"{workload}-{method}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    space = load_space(path, tmp_path / "cache")
+    assert space.sampler == ("random" if method == "random" else "tpe")
+    assert space.guide.anchors is (method == "guided")
