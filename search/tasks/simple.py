@@ -16,11 +16,14 @@
 
 Everything else a Task needs follows from these: export and latency inputs, calibration
 batches (from the training inputs, never the evaluation ones), distillation batches, and the
-evaluation through the backend's own outputs. It covers models with one input tensor; a
-model with several inputs (a transformer's ids and mask) implements `Task` itself, as
-`search/tasks/minilm_sts.py` does. A Hugging Face model folder works the same way:
-`load_model` returns `AutoModelForSequenceClassification.from_pretrained(folder)` wrapped
-so that `forward` returns the logits tensor.
+evaluation through the backend's own outputs.
+
+A model with several inputs (a transformer's `input_ids` and `attention_mask`) gives each
+split's inputs as a dict, name -> array, first axis = samples: the names become the ONNX
+input names and `forward` receives the arrays in the dict's order. Integer arrays keep their
+dtype (token ids stay int64); float arrays become float32. A Hugging Face model folder works
+this way: `load_model` returns `AutoModel.from_pretrained(folder)` wrapped so that `forward`
+returns one tensor (examples/hf_folder/ is a complete one).
 
 compsearch searches techniques that act on the PyTorch weights (pruning, distillation,
 factorization, sharing, quantization after export), so it needs the model in PyTorch; an
@@ -37,30 +40,61 @@ import numpy as np
 import torch
 from torch import nn
 
+from search.errors import UserError
 from search.tasks.base import Feeds, Predict, ReportQuality, Task
+
+# One input array, or several by name (first axis = samples in each).
+Inputs = np.ndarray | dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class ArrayData:
-    """Inputs (first axis = samples) and labels; labels may be None for a task without them."""
+    """Inputs (first axis = samples) and labels; labels may be None for a task without them.
 
-    x_train: np.ndarray
+    Each x may be one array or a dict name -> array for a model with several inputs."""
+
+    x_train: Inputs
     y_train: np.ndarray | None
-    x_eval: np.ndarray
+    x_eval: Inputs
     y_eval: np.ndarray | None
     batch_size: int = 64  # for distillation, QAT and evaluation
     calibration_samples: int = 256  # taken from the training inputs
     # An optional report split: evaluated only for the final front, never for choosing (see
     # Task.evaluate_report). Without it the study reports the selection split alone.
-    x_report: np.ndarray | None = None
+    x_report: Inputs | None = None
     y_report: np.ndarray | None = None
+
+
+def _cast(array: object) -> np.ndarray:
+    # Integer (and bool) inputs are ids, masks or indices: a float copy would break an Embedding.
+    a = np.asarray(array)
+    return a if a.dtype.kind in "biu" else a.astype(np.float32)
+
+
+def _normalise(x: Inputs, split: str, names: list[str] | None) -> Inputs:
+    """`x` cast per array; several arrays must share the first axis and the training split's names."""
+    if not isinstance(x, dict):
+        return _cast(x)
+    if not x:
+        raise UserError(f"ArrayData.{split} is an empty dict: give one array or a dict name -> array")
+    if names is not None and list(x) != names:
+        raise UserError(f"ArrayData.{split} has inputs {list(x)}, but x_train has {names} (same names, same order)")
+    out = {str(name): _cast(a) for name, a in x.items()}
+    lengths = {name: len(a) for name, a in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise UserError(f"ArrayData.{split}: every input needs the same number of samples (first axis), "
+                        f"but got {lengths}")
+    return out
+
+
+def _length(x: Inputs) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
 
 
 class ModelTask(Task):
     """A Task from `load_model`, `data` and `score` (see the module docstring)."""
 
     name = "model-task"
-    input_names = ["x"]
     output_names = ["output"]
 
     @abstractmethod
@@ -78,27 +112,44 @@ class ModelTask(Task):
     @cached_property
     def arrays(self) -> ArrayData:
         d = self.data()
-        x_report = None if d.x_report is None else np.asarray(d.x_report, dtype=np.float32)
-        return ArrayData(np.asarray(d.x_train, dtype=np.float32), d.y_train, np.asarray(d.x_eval, dtype=np.float32),
-                         d.y_eval, d.batch_size, d.calibration_samples, x_report, d.y_report)
+        x_train = _normalise(d.x_train, "x_train", None)
+        names = list(x_train) if isinstance(x_train, dict) else None
+        x_report = None if d.x_report is None else _normalise(d.x_report, "x_report", names)
+        return ArrayData(x_train, d.y_train, _normalise(d.x_eval, "x_eval", names), d.y_eval, d.batch_size,
+                         d.calibration_samples, x_report, d.y_report)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The dict's keys for several inputs, else "x" (a subclass may set its own name for one input)."""
+        x = self.arrays.x_train
+        return list(x) if isinstance(x, dict) else ["x"]
+
+    def _feeds(self, x: Inputs, start: int, stop: int) -> Feeds:
+        if isinstance(x, dict):
+            return {name: a[start:stop] for name, a in x.items()}
+        return {self.input_names[0]: x[start:stop]}
+
+    def _tensors(self, x: Inputs, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        """The model's positional arguments for samples start..stop."""
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in self._feeds(x, start, stop).values())
 
     def build_model(self, trained: bool = True) -> nn.Module:
         return self.load_model().eval()
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
-        return (torch.from_numpy(self.arrays.x_train[:1]),)
+        return self._tensors(self.arrays.x_train, 0, 1)
 
     def calibration_feeds(self) -> list[Feeds]:
         d = self.arrays
-        x = d.x_train[:d.calibration_samples]
-        return [{self.input_names[0]: x[i:i + d.batch_size]} for i in range(0, len(x), d.batch_size)]
+        n = min(d.calibration_samples, _length(d.x_train))
+        return [self._feeds(d.x_train, i, min(i + d.batch_size, n)) for i in range(0, n, d.batch_size)]
 
     def query_feeds(self, batch_size: int) -> Feeds:
-        return {self.input_names[0]: self.arrays.x_eval[:batch_size]}
+        return self._feeds(self.arrays.x_eval, 0, batch_size)
 
-    def _outputs(self, predict: Predict, x: np.ndarray) -> np.ndarray:
+    def _outputs(self, predict: Predict, x: Inputs) -> np.ndarray:
         bs = self.arrays.batch_size
-        return np.concatenate([predict({self.input_names[0]: x[i:i + bs]}) for i in range(0, len(x), bs)])
+        return np.concatenate([predict(self._feeds(x, i, i + bs)) for i in range(0, _length(x), bs)])
 
     def evaluate(self, predict: Predict) -> float:
         return float(self.score(self._outputs(predict, self.arrays.x_eval), self.arrays.y_eval))
@@ -112,7 +163,7 @@ class ModelTask(Task):
     def train_batches(self) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]:
         d = self.arrays
         out = []
-        for i in range(0, len(d.x_train), d.batch_size):
+        for i in range(0, _length(d.x_train), d.batch_size):
             labels = None if d.y_train is None else torch.as_tensor(np.asarray(d.y_train[i:i + d.batch_size]))
-            out.append(((torch.from_numpy(d.x_train[i:i + d.batch_size]),), labels))
+            out.append((self._tensors(d.x_train, i, i + d.batch_size), labels))
         return out
