@@ -134,3 +134,10 @@ def test_a_study_runs_variants_on_the_cached_student(tmp_path: Path, capsys: pyt
         assert variant["recipe_hash"] != parent["recipe_hash"]
         assert variant["timings"]["student"] < parent["timings"]["student"]
     assert shown["guide"]["student_variants"] == 2 and shown["guide"]["student_cache_hits"] == 2
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("reuse").experiment_id])
+    tags = {r.data.tags["compsearch.trial"]: r.data.tags.get("variant_of") for r in runs
+            if "compsearch.trial" in r.data.tags}
+    assert tags == {"0": None, "1": None, "2": "1", "3": "1"}
