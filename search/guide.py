@@ -7,8 +7,8 @@ A guided study (the default) does not leave the first trials to chance:
   first: every searched layer at int8, the way `quantize_dynamic` does it; search/anchors.py). They are enqueued as
   the Optuna params `sample` reads, so TPE learns from them like from any trial, and they use the
   budget; with a budget smaller than baseline + anchors the most useful ones run.
-- `reuse_students`: quantization variants of a promising cached student are tried before a new
-  student is trained (search/students.py holds the cache; search/reuse.py picks the student).
+- `reuse_students`: quantization variants of a promising new student are tried before another
+  student is trained (search/students.py holds the cache; search/reuse.py queues the variants).
 - `reject_early`: a trial whose cheap proxy score clearly misses the quality constraint stops
   before its full evaluation and latency measurement (search/rejection.py).
 

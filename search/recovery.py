@@ -51,6 +51,8 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     attrs: dict[str, object] = {"retry_of": trial.number}
     if trial.user_attrs.get("baseline"):
         attrs["baseline"] = True
+    if trial.user_attrs.get("variant_of") is not None:  # still a variant of its parent's student (reuse.py)
+        attrs["variant_of"] = trial.user_attrs["variant_of"]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 

@@ -84,6 +84,18 @@ def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp
     assert {k: variant.system_attrs["fixed_params"][k] for k in student} == student
 
 
+def test_a_retried_variant_stays_a_variant(digits, tmp_path: Path) -> None:
+    from search.recovery import retry_trial
+
+    study = _study_with_parent(digits, tmp_path, drop=0.0)
+    parent = study.trials[0]
+    study.add_trial(optuna.trial.create_trial(params=parent.params, distributions=parent.distributions,
+                                              state=TrialState.FAIL, user_attrs={VARIANT_ATTR: 0}))
+    retry_trial(study, study.trials[1])
+    (retry,) = _variants(study)
+    assert retry.user_attrs == {VARIANT_ATTR: 0, "retry_of": 1}
+
+
 @pytest.mark.parametrize(("drop", "attrs", "guide"), [
     (0.05, {}, Guide()),  # more than twice the allowed drop: the student is too weak
     (0.0, {"student_cached": "hit"}, Guide()),  # it trained no new student
