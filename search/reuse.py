@@ -72,49 +72,65 @@ def wants_variants(trial: FrozenTrial, max_quality_drop: float) -> bool:
     return drop is not None and drop <= PROMISING * max(0.0, max_quality_drop)
 
 
-def _other_values(dist: BaseDistribution, current: Any, rng: random.Random) -> Any:
-    """A value of `dist` other than `current`, or None when it has no other."""
+def _grid(dist: BaseDistribution) -> list[Any] | None:
+    """Every value of a finite distribution (None for a continuous or a very large one)."""
     if isinstance(dist, CategoricalDistribution):
-        others = [c for c in dist.choices if c != current]
-        return rng.choice(others) if others else None
-    if isinstance(dist, IntDistribution):
-        grid = range(dist.low, dist.high + 1, dist.step)
-        if len(grid) < 2:
-            return None
-        for _ in range(20):
-            value = (round(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))) if dist.log
-                     else grid[rng.randrange(len(grid))])
-            if value != current and dist.low <= value <= dist.high:
-                return value
-        return next(v for v in grid if v != current)
-    if isinstance(dist, FloatDistribution):
-        if dist.low == dist.high:
-            return None
-        if dist.step is not None:
-            steps = round((dist.high - dist.low) / dist.step)
-            picks = [k for k in range(steps + 1) if not math.isclose(dist.low + k * dist.step, current)]
-            return min(dist.low + rng.choice(picks) * dist.step, dist.high) if picks else None
-        if dist.log:
-            return math.exp(rng.uniform(math.log(dist.low), math.log(dist.high)))
-        return rng.uniform(dist.low, dist.high)
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution) and (dist.high - dist.low) // dist.step < 10_000:
+        return list(range(dist.low, dist.high + 1, dist.step))
+    if isinstance(dist, FloatDistribution) and dist.step is not None:
+        steps = round((dist.high - dist.low) / dist.step)
+        return [min(dist.low + k * dist.step, dist.high) for k in range(steps + 1)]
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)
+    return a == b
+
+
+def _other_value(dist: BaseDistribution, taken: list[Any], rng: random.Random) -> Any:
+    """A value of `dist` not in `taken` (the parent's first, then earlier variants' pins); when all are
+    taken, one other than the parent's (taken[0]); None when `dist` has no other value."""
+    grid = _grid(dist)
+    if grid is not None:
+        for avoid in (taken, taken[:1]):
+            free = [v for v in grid if not any(_same(v, t) for t in avoid)]
+            if free:
+                return rng.choice(free)
+        return None
+    low, high = float(dist.low), float(dist.high)  # type: ignore[attr-defined]
+    if low == high:
+        return None
+    for _ in range(100):
+        value = math.exp(rng.uniform(math.log(low), math.log(high))) if dist.log else rng.uniform(low, high)  # type: ignore[attr-defined]
+        if isinstance(dist, IntDistribution):
+            value = dist.low + round((value - low) / dist.step) * dist.step
+        if not any(_same(value, t) for t in taken):
+            return value
     return None
 
 
 def variant_params(parent: FrozenTrial, n: int, rng: random.Random) -> list[dict[str, Any]]:
     """The partial params of `n` variants of `parent`: its student params; variant i sets the i-th of the
-    parent's other params (shuffled) to a value the parent did not have, and the ones before it to the
-    parent's, so each variant differs from the parent and from its siblings whatever the sampler draws
-    for the rest. [] when no param outside the student can change: the space allows no variant."""
+    parent's other params (shuffled) to a value neither the parent nor an earlier variant pinned, and the
+    ones before it to the parent's, so each variant differs from the parent and from its siblings
+    whatever the sampler draws for the rest. [] when no param outside the student can change: the space
+    allows no variant."""
     student, others = split_params(parent.params)
-    candidates = [k for k in others if _other_values(parent.distributions[k], others[k], rng) is not None]
+    candidates = [k for k in others if _other_value(parent.distributions[k], [others[k]], rng) is not None]
     if not candidates:
         return []
     rng.shuffle(candidates)
+    taken = {k: [others[k]] for k in candidates}
     out = []
     for i in range(n):
         name = candidates[i % len(candidates)]
         kept = {k: others[k] for k in candidates[:i % len(candidates)]}
-        out.append({**student, **kept, name: _other_values(parent.distributions[name], others[name], rng)})
+        value = _other_value(parent.distributions[name], taken[name], rng)
+        taken[name].append(value)
+        out.append({**student, **kept, name: value})
     return out
 
 

@@ -58,6 +58,26 @@ def test_student_params_are_the_student_techniques_and_fix_the_student_prefix(di
     assert variant_params(parent, 2, random.Random(0)) == variants[:2]  # seeded: a rerun pins the same
 
 
+def test_variants_of_a_parent_with_one_free_param_take_its_other_values() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    dists = {"prune.ratio": FloatDistribution(0.0, 0.9, step=0.05), "quantize.floor": CategoricalDistribution(
+        ["fp32", "int8", "int4"]), "share.k": IntDistribution(2, 64), "quantize.per_channel": CategoricalDistribution(
+        [True])}
+
+    def parent(**params):
+        params = {"prune.ratio": 0.5, "quantize.per_channel": True, **params}
+        return optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=1.0)
+
+    variants = variant_params(parent(**{"quantize.floor": "fp32"}), 3, random.Random(1))
+    assert [v["prune.ratio"] for v in variants] == [0.5] * 3
+    assert sorted(v["quantize.floor"] for v in variants[:2]) == ["int4", "int8"]  # then one other than fp32
+    assert variants[2]["quantize.floor"] != "fp32"
+    ks = [v["share.k"] for v in variant_params(parent(**{"share.k": 8}), 5, random.Random(1))]
+    assert len(set(ks)) == 5 and 8 not in ks and all(2 <= k <= 64 for k in ks)
+    assert variant_params(parent(), 2, random.Random(0)) == []  # nothing outside the student can change
+
+
 def _study_with_parent(space, tmp_path: Path, drop: float, cached: str = "miss", **attrs) -> optuna.Study:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
