@@ -1,10 +1,12 @@
-"""Student reuse: after a trial trains a promising new student, its quantization variants run next.
+"""Student reuse: after a trial brings a promising new student, its quantization variants run next.
 
 A trial's student (its structural and training steps: search/students.py) costs minutes; the
 rest of its recipe (quantization, sharing) costs seconds on a cached student. So when a trial
 completes that
 
-- trained a new student (`student_cached` "miss": not a cache hit, not itself a variant),
+- has a cached student (`student_cached` "miss": it trained it; or "hit": another study
+  sharing the results directory did) that no trial of this study took variants of yet,
+- is not itself a variant,
 - and is promising: its quality drop is within PROMISING x the allowed drop,
 
 `guide.reuse_students` variants of it are enqueued at once (they run before the sampler draws
@@ -22,7 +24,8 @@ only loses more.
 
 Variants are marked `variant_of` (the parent's number). The budget holds: at most the budget
 left minus the trials already waiting are enqueued, under the study's budget lock (so two
-workers finishing at once cannot overshoot it), and a parent gets its variants once.
+workers finishing at once cannot overshoot it), and a student gets its variants once per study. With
+the cache off (COMPSEARCH_STUDENT_CACHE=off) no variants are queued: each would train again.
 """
 
 from __future__ import annotations
@@ -61,12 +64,12 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def wants_variants(trial: FrozenTrial, max_quality_drop: float) -> bool:
-    """A completed trial that trained a new student (a cache miss; not a variant, not the baseline),
-    has student params to fix, and is promising (see PROMISING)."""
+    """A completed trial (not a variant, not the baseline) with a cached student (trained now or by another
+    study: not with the cache off) and student params to fix, that is promising (see PROMISING)."""
     attrs = trial.user_attrs
     if trial.state != TrialState.COMPLETE or attrs.get("baseline") or VARIANT_ATTR in attrs:
         return False
-    if attrs.get("student_cached") != "miss" or not split_params(trial.params)[0]:
+    if attrs.get("student_cached") not in ("miss", "hit") or not split_params(trial.params)[0]:
         return False
     drop = attrs.get("quality_drop")
     return drop is not None and drop <= PROMISING * max(0.0, max_quality_drop)
@@ -143,8 +146,10 @@ def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpac
         return 0
     with budget_lock(storage, study.study_name):
         trials = study.get_trials(deepcopy=False)
-        if any(t.user_attrs.get(VARIANT_ATTR) == parent.number for t in trials):
-            return 0  # enqueued before (a resumed study re-reads its finished trials)
+        parents = {t.user_attrs.get(VARIANT_ATTR) for t in trials}
+        if any(t.number in parents and t.user_attrs.get("student_key") == parent.user_attrs.get("student_key")
+               for t in trials):
+            return 0  # this student's variants were queued before (after this trial or another with it)
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         left = budget - budget_used(trials) - waiting
         # Seeded by the study and the parent: a rerun of the same study pins the same params.
@@ -162,8 +167,8 @@ def after_trial(space: SearchSpace, budget: int, storage: str,
         n = enqueue_variants(study, trial, space, budget, storage)
         if n:
             drop = trial.user_attrs.get("quality_drop", float("nan"))
-            say(f"trial {trial.number} trained a promising student (quality drop {drop:.4g}): {n} variant(s) of it "
-                f"queued, reusing its cached student with other quantization/sharing")
+            say(f"trial {trial.number}'s student is promising (quality drop {drop:.4g}): {n} variant(s) queued that "
+                f"reuse it, cached, with other quantization/sharing")
     return callback
 
 

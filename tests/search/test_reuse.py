@@ -98,7 +98,13 @@ def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp
     parent = study.trials[0]
     assert enqueue_variants(study, parent, digits, budget=2, storage=storage) == 1  # 1 used, 1 left
     assert enqueue_variants(study, parent, digits, budget=10, storage=storage) == 0  # once per parent
-    (variant,) = _variants(study)
+    # A later trial with the same student (a cache hit) gets none either: its variants ran; another gets some
+    for key, n in (("k", 0), ("k2", 2)):
+        study.add_trial(optuna.trial.create_trial(
+            params=parent.params, distributions=parent.distributions, values=[0.9, 1.0, 100.0],
+            user_attrs={"quality_drop": 0.0, "student_cached": "hit", "student_key": key}))
+        assert enqueue_variants(study, study.trials[-1], digits, budget=10, storage=storage) == n
+    variant = _variants(study)[0]
     assert variant.state == TrialState.WAITING and variant.user_attrs[VARIANT_ATTR] == parent.number
     student = split_params(parent.params)[0]
     assert {k: variant.system_attrs["fixed_params"][k] for k in student} == student
@@ -118,7 +124,7 @@ def test_a_retried_variant_stays_a_variant(digits, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("drop", "attrs", "guide"), [
     (0.05, {}, Guide()),  # more than twice the allowed drop: the student is too weak
-    (0.0, {"student_cached": "hit"}, Guide()),  # it trained no new student
+    (0.0, {"student_cached": "off"}, Guide()),  # no cache: a variant would train its student again
     (0.0, {VARIANT_ATTR: 0}, Guide()),  # itself a variant
     (0.0, {}, Guide(reuse_students=0)),  # `reuse_students: false`
 ])
@@ -152,7 +158,7 @@ def test_a_study_runs_variants_on_the_cached_student(tmp_path: Path, capsys: pyt
     assert main(["run", str(space), "--results-dir", str(results), "--trials", "4", "--seed", "1",
                  "--no-remeasure"]) == 0
     out = capsys.readouterr().out
-    assert "trial 1 trained a promising student" in out and "2 variant(s) of it queued" in out
+    assert "trial 1's student is promising" in out and "2 variant(s) queued" in out
     assert "[variant of trial 1's student (cached)]" in out
     assert main(["show", "reuse", "--json", "--results-dir", str(results)]) == 0
     shown = json.loads(capsys.readouterr().out)
