@@ -12,16 +12,17 @@ Proportion: re-measurement gets a budget of a third of the search phase's wall t
 under a quarter of the study's), less what earlier runs of the same study spent. The profile's
 `measure.remeasure_factor` is lowered (down to MIN_FACTOR) until the contested points fit; if
 they still do not, pairs are timed most contested first while their estimated cost fits, and the
-rest are recorded as skipped for time. A point starts only if its estimate fits what is left, so
-the budget is exceeded, if ever, by less than one point's cost (an estimate that fell short).
+rest are recorded as skipped for time. Estimates follow what timings took so far (a busy host
+retries contended ones), lowering the factor again for the points left. A point starts only if
+its estimate fits what is left, so the budget is exceeded, if ever, by less than one point's cost.
 
 The report needs nothing beyond this: it prints the search figures with their confidence intervals;
 re-measurement decides which front points `survive`, which `show --json` lists.
 
 The record is the study user attribute `remeasured` (JSON, keyed by trial number as a string):
 {"profile", "factor", "front", "candidates", "pairs", "search_s", "budget_s", "spent_s",
-"spent_total_s", "skipped_for_time", "trials": {"7": {"remeasured": true, "reason", "p50_ms",
-"ci_low_ms", "ci_high_ms", "queries", "search_p50_ms", "ratio", "within_ci", "contended",
+"spent_total_s", "skipped_for_time", "joined", "trials": {"7": {"remeasured": true, "reason", "p50_ms",
+"ci_low_ms", "ci_high_ms", "queries", "duration_s", "factor", "search_p50_ms", "ratio", "within_ci", "contended",
 "survives"}, "9": {"remeasured": false, "reason", "search_p50_ms", "survives"}}}.
 """
 
@@ -37,7 +38,7 @@ import optuna
 from hardware.artifact import Artifact
 from hardware.base import Backend, MeasureSettings
 from search.study.contested import Point, points_of, select
-from search.study.pareto import pareto_front
+from search.study.pareto import dominates
 from search.study.view import DIRECTIONS, StudyView, TrialView
 from search.tasks.base import Task
 
@@ -46,7 +47,7 @@ BUDGET_SHARE = 1 / 3  # of the search phase: re-measurement then stays under 1/4
 MIN_FACTOR = 2.0  # below this a re-measurement is hardly longer than the search's own timing
 TIMING_KEYS = ("p50_ms", "ci_low_ms", "ci_high_ms", "queries", "duration_s", "ratio", "within_ci", "contended",
                "factor")
-STARTUP_S = 1.0  # a fresh timing process: interpreter, runtime import (corrected by what the first point took)
+STARTUP_S = 1.0  # a fresh timing process: interpreter, runtime import (then corrected by what timings took)
 
 
 def search_wall_s(trials: list[TrialView]) -> float:
@@ -110,6 +111,7 @@ def remeasure_front(study: optuna.Study, backend: Backend, task: Task, say: Call
                                                           STARTUP_S) for n in contested if n not in reused),
                                full, budget_s)
     settings = profile.measure.scaled(factor)
+    first_factor = factor  # the record's; each point records its own (lowered if timings run long)
     budget = (f"budget {budget_s:.0f} s = 1/3 of the {search_s:.0f} s search"
               + (f" less {earlier_s:.0f} s spent before" if earlier_s else ""))
     if contested:
@@ -123,13 +125,25 @@ def remeasure_front(study: optuna.Study, backend: Backend, task: Task, say: Call
     query = task.query_feeds(profile.batch_size) if contested else None
     timed: dict[int, dict[str, Any]] = {n: r for n, r in reused.items() if n in points}
     tried: set[int] = set(timed)
-    startups: list[float] = []  # what a timing process cost beyond its warm-up and run, as seen
+    ratios: list[float] = []  # what each timing took against its estimate (contention retries, start-up)
+
+    def cost(n: int, f: float) -> float:
+        """Estimated seconds to time point `n` at factor `f`, corrected by what timings took so far."""
+        guess = point_cost_s(points[n], metrics[n], profile.measure.scaled(f), STARTUP_S)
+        return guess * (sum(ratios) / len(ratios) if ratios else 1.0)
+
     started = time.monotonic()
     for a, b, _ in chosen.pairs:
         new = [n for n in (a, b) if n not in tried]
-        startup = max(startups, default=STARTUP_S)
-        need = sum(point_cost_s(points[n], metrics[n], settings, startup) for n in new)
-        if time.monotonic() - started + need > budget_s:
+        left_s = budget_s - (time.monotonic() - started)
+        if ratios and new:  # timings cost more (or less) than thought: re-fit the factor for what is left
+            rest = [n for n in contested if n not in tried]
+            lower = _factor_that_fits(lambda f, rest=rest: sum(cost(n, f) for n in rest), factor, left_s)
+            if lower < factor:
+                factor, settings = lower, profile.measure.scaled(lower)
+                say(f"  timings take {sum(ratios) / len(ratios):.1f}x their estimate here: "
+                    f"the rest {factor:g}x longer (>= {settings.min_duration_s:g} s each)")
+        if sum(cost(n, factor) for n in new) > left_s:
             continue  # a later pair may share a point already timed, or cost less
         for n in new:
             tried.add(n)
@@ -137,16 +151,10 @@ def remeasure_front(study: optuna.Study, backend: Backend, task: Task, say: Call
             rec = _time_point(backend, by_number[n], query, settings, factor, say)
             if rec is not None:
                 timed[n] = rec
-                processes = max(1, settings.processes)
-                run_s = max(settings.warmup_s, settings.warmup_queries * rec["p50_ms"] / 1000) + rec["duration_s"]
-                session = float(metrics[n].get("session_init_s") or 0.0)
-                startups.append(max(0.0, (time.monotonic() - t0) / processes - run_s - session))
+                ratios.append((time.monotonic() - t0) / point_cost_s(points[n], metrics[n], settings, STARTUP_S))
     spent_s = time.monotonic() - started
     skipped = [n for n in contested if n not in tried]
-    # The front again: re-timed latencies where there are some, the search's elsewhere.
-    now = {n: (points[n].quality, timed[n]["p50_ms"] if n in timed else points[n].latency, points[n].bytes)
-           for n in chosen.candidates}
-    surviving = set(pareto_front(now, DIRECTIONS))
+    surviving = _front_after(points, chosen.candidates, {n: r["p50_ms"] for n, r in timed.items()})
     trials: dict[str, dict[str, Any]] = {}
     for n in sorted(set(front) | set(contested)):
         if n in timed:
@@ -169,13 +177,33 @@ def remeasure_front(study: optuna.Study, backend: Backend, task: Task, say: Call
         f"{len(front) - len(dropped)} of {len(front)} point(s) survive"
         + (f"; dominated now: trial(s) {', '.join(map(str, dropped))}" if dropped else "")
         + (f"; joined: trial(s) {', '.join(map(str, joined))}" if joined else ""))
-    record = {"profile": profile.name, "factor": factor, "front": front, "candidates": chosen.candidates,
+    record = {"profile": profile.name, "factor": first_factor, "front": front, "candidates": chosen.candidates,
               "pairs": [[a, b, round(share, 4)] for a, b, share in chosen.pairs], "search_s": round(search_s, 3),
               "budget_s": round(budget_s, 3), "spent_s": round(spent_s, 3),
               "spent_total_s": round(earlier_s + spent_s, 3), "skipped_for_time": skipped, "joined": joined,
               "trials": trials}
     study.set_user_attr(ATTR, record)
     return record
+
+
+def _front_after(points: dict[int, Point], candidates: list[int], retimed: dict[int, float]) -> set[int]:
+    """The candidates no other dominates, two points compared on their re-timed latencies when both
+    have one and on their search figures otherwise (a re-timed figure is never set against a
+    search figure: the host may have drifted in between)."""
+    def values(n: int, both: bool) -> tuple[float, float, float]:
+        p = points[n]
+        return p.quality, retimed[n] if both else p.latency, p.bytes
+
+    def beats(m: int, n: int) -> bool:
+        both = m in retimed and n in retimed
+        return dominates(values(m, both), values(n, both), DIRECTIONS)
+
+    kept = {n for n in candidates if not any(beats(m, n) for m in candidates if m != n)}
+    if kept:
+        return kept
+    # Mixed comparisons need not be transitive: points of equal quality and bytes can beat each other in
+    # a ring. Then only what the re-timed figures settle among themselves drops a point.
+    return {n for n in candidates if not any(m in retimed and n in retimed and beats(m, n) for m in candidates)}
 
 
 def _time_point(backend: Backend, trial: TrialView, query: Any, settings: MeasureSettings, factor: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -82,3 +83,39 @@ def test_past_the_budget_contested_points_are_skipped_and_said_so(tmp_path: Path
         assert not rec["remeasured"] and rec["reason"].startswith("skipped for time: contested")
         assert rec["survives"]  # on their search figures
     assert any("skipped for time: trial(s) 0, 1" in line for line in lines)
+
+
+class BusyHost:
+    """The real backend on a host where every timing costs 2 s more than its settings say (as
+    contended timings retried on a busy machine do)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.profile = backend, backend.profile
+
+    def time(self, *args):
+        time.sleep(2.0)
+        return self.backend.time(*args)
+
+
+def test_timings_that_run_long_lower_the_factor_for_the_rest(tmp_path: Path, fast_profiles: Path,
+                                                             mlp_writer) -> None:
+    import yaml
+
+    profile = yaml.safe_load((fast_profiles / "fast-cpu.yaml").read_text())
+    profile["measure"]["remeasure_factor"] = 5
+    (fast_profiles / "fast-cpu.yaml").write_text(yaml.safe_dump(profile))
+    # Four points of one size within the noise of each other: every pair is contested.
+    points = {0: (0.90, 1.00, 100.0), 1: (0.95, 1.01, 100.0), 2: (0.85, 1.02, 100.0), 3: (0.97, 1.015, 100.0)}
+    study = study_with(tmp_path, points, mlp_writer, trial_s=6.75)  # a 27 s search: a 9 s budget
+    backend = BusyHost(make_backend(load_profile("fast-cpu")))
+    lines: list[str] = []
+    record = remeasure_front(study, backend, Task(), lines.append)
+    first = record["pairs"][0][:2]
+    assert record["factor"] == 5  # all four fit at 5x, as estimated
+    assert all(record["trials"][str(n)]["factor"] == 5 for n in first)  # the most contested pair, timed first
+    assert any(line.startswith("  timings take") and "the rest 2x longer" in line for line in lines)
+    later = [r for k, r in record["trials"].items() if int(k) not in first and r["remeasured"]]
+    assert all(r["factor"] == 2 for r in later)
+    assert record["spent_s"] <= record["budget_s"] + 5.0  # over by less than one point's cost, if at all
+    timed = {int(k) for k, r in record["trials"].items() if r["remeasured"]}
+    assert timed | set(record["skipped_for_time"]) == {0, 1, 2, 3}

@@ -9,7 +9,7 @@ import pytest
 from hardware.base import MeasureSettings
 from search.study.contested import Point, noise_band, select
 from search.study.pareto import pareto_front
-from search.study.remeasure import _factor_that_fits, point_cost_s, search_wall_s
+from search.study.remeasure import _factor_that_fits, _front_after, point_cost_s, search_wall_s
 from search.study.view import DIRECTIONS
 
 
@@ -75,3 +75,13 @@ def test_the_factor_is_lowered_to_fit_the_budget_but_not_below_two() -> None:
     assert _factor_that_fits(lambda f: 10 * f, 5.0, 30) == 3.0
     assert _factor_that_fits(lambda f: 10 * f, 5.0, 5) == 2.0
     assert _factor_that_fits(lambda f: 10 * f, 1.5, 5) == 1.5  # a profile that asks for less keeps it
+
+
+def test_the_front_after_never_sets_a_retimed_figure_against_a_search_figure() -> None:
+    points = {p.number: p for p in (pt(0, 0.90, 1.00, 100), pt(1, 0.95, 1.01, 100), pt(2, 0.85, 1.02, 100))}
+    # 1 and 2 re-timed on a host that got faster; 0 was skipped: it keeps its place (and beats 2 as searched).
+    assert _front_after(points, [0, 1, 2], {1: 0.50, 2: 0.49}) == {0, 1}
+    assert _front_after(points, [0, 1, 2], {0: 0.50, 1: 0.49}) == {1}  # 1 faster and better: 0 and 2 go
+    # Equal quality and bytes in a ring (search: 1 < 2 < 0, re-timed: 0 < 1): only the re-timed pair decides.
+    ring = {p.number: p for p in (pt(0, 0.9, 1.02, 100), pt(1, 0.9, 1.00, 100), pt(2, 0.9, 1.01, 100))}
+    assert _front_after(ring, [0, 1, 2], {0: 0.98, 1: 0.99}) == {0, 2}
