@@ -322,8 +322,17 @@ class StudyView:
         return {"anchors": len(anchors), "anchors_on_front": len(anchors & front),
                 "student_variants": len(variants), "student_variants_on_front": len(variants & front),
                 "student_cache_hits": sum(1 for t in self.trials if (t.student or {}).get("cached") == "hit"),
+                "student_seconds_saved": self._student_seconds_saved(),
                 "rejected_early": sum(t.rejected for t in self.trials),
                 "time_saved_s_estimated": time_saved_s(self.trials)}
+
+    def _student_seconds_saved(self) -> float:
+        """Training the cache hits skipped: per hit, what building its student took in this study (a student
+        another study built counts nothing), minus the hit's own loading time."""
+        built = {t.student["key"]: t.student.get("seconds") or 0.0 for t in self.trials
+                 if t.student and t.student.get("cached") == "miss"}
+        return round(sum(max(0.0, built[t.student["key"]] - (t.student.get("seconds") or 0.0)) for t in self.trials
+                         if t.student and t.student.get("cached") == "hit" and t.student["key"] in built), 2)
 
     def to_json(self) -> dict[str, Any]:
         base = self.baseline

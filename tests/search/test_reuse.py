@@ -172,6 +172,8 @@ def test_a_study_runs_variants_on_the_cached_student(tmp_path: Path, capsys: pyt
         assert variant["recipe_hash"] != parent["recipe_hash"]
         assert variant["timings"]["student"] < parent["timings"]["student"]
     assert shown["guide"]["student_variants"] == 2 and shown["guide"]["student_cache_hits"] == 2
+    saved = 2 * parent["student"]["seconds"] - sum(v["student"]["seconds"] for v in trials[2:])
+    assert shown["guide"]["student_seconds_saved"] == pytest.approx(saved, abs=0.02) and saved > 0
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
