@@ -63,6 +63,9 @@ class ArrayData:
     # Task.evaluate_report). Without it the study reports the selection split alone.
     x_report: Inputs | None = None
     y_report: np.ndarray | None = None
+    # Task.proxy_quality: `score` on every k-th evaluation label (at most this many, at most half)
+    # with its rows, so that a hopeless trial stops before the full evaluation; 0 = no proxy.
+    proxy_samples: int = 256
 
 
 def _cast(array: object) -> np.ndarray:
@@ -116,7 +119,7 @@ class ModelTask(Task):
         names = list(x_train) if isinstance(x_train, dict) else None
         x_report = None if d.x_report is None else _normalise(d.x_report, "x_report", names)
         return ArrayData(x_train, d.y_train, _normalise(d.x_eval, "x_eval", names), d.y_eval, d.batch_size,
-                         d.calibration_samples, x_report, d.y_report)
+                         d.calibration_samples, x_report, d.y_report, d.proxy_samples)
 
     @property
     def input_names(self) -> list[str]:
@@ -153,6 +156,24 @@ class ModelTask(Task):
 
     def evaluate(self, predict: Predict) -> float:
         return float(self.score(self._outputs(predict, self.arrays.x_eval), self.arrays.y_eval))
+
+    def proxy_quality(self, predict: Predict) -> float | None:
+        """`score` on every k-th evaluation label and its rows (at most `proxy_samples`, at most half).
+
+        Labels may cover several rows each (a pair of sentences per gold score: rows 2i and 2i+1 for
+        label i); the rows of a label stay together. None without a proxy or when rows and labels
+        do not divide evenly."""
+        d = self.arrays
+        rows = _length(d.x_eval)
+        labels = rows if d.y_eval is None else len(d.y_eval)
+        if not d.proxy_samples or labels < 2 or rows % labels:
+            return None
+        per_label = rows // labels
+        chosen = np.arange(0, labels, max(2, -(-labels // d.proxy_samples)))
+        take = (chosen[:, None] * per_label + np.arange(per_label)).ravel()
+        x = {k: a[take] for k, a in d.x_eval.items()} if isinstance(d.x_eval, dict) else d.x_eval[take]
+        y = None if d.y_eval is None else np.asarray(d.y_eval)[chosen]
+        return float(self.score(self._outputs(predict, x), y))
 
     def evaluate_report(self, predict: Predict) -> ReportQuality | None:
         d = self.arrays

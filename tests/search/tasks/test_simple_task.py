@@ -135,3 +135,35 @@ def test_mismatched_inputs_are_one_line(tmp_path: Path, x_eval: dict, message: s
 
     with pytest.raises(UserError, match=message.replace("[", r"\[")):
         _ = Bad({}, tmp_path).arrays
+
+
+class Pairs(ModelTask):
+    """Two rows per label (a pair per gold score), like examples/hf_folder: the proxy keeps pairs whole."""
+
+    name = "pairs"
+
+    def load_model(self) -> nn.Module:
+        return nn.Identity()
+
+    def data(self) -> ArrayData:
+        rows = np.arange(40, dtype=np.float32)[:, None]  # row r holds r
+        return ArrayData(rows, None, rows, np.arange(20) * 2.0, proxy_samples=6)
+
+    def score(self, outputs: np.ndarray, labels: np.ndarray | None) -> float:
+        assert labels is not None and np.array_equal(outputs[0::2, 0], labels)  # each label with its own pair
+        assert np.array_equal(outputs[1::2, 0], labels + 1)
+        return float(len(labels))
+
+
+def test_proxy_scores_every_kth_label_with_its_rows(tmp_path: Path) -> None:
+    def identity(feeds: dict) -> np.ndarray:
+        return feeds["x"]
+
+    assert Pairs({}, tmp_path).evaluate(identity) == 20.0
+    assert Pairs({}, tmp_path).proxy_quality(identity) == 5.0  # labels 0, 4, 8, 12, 16: at most 6
+    one = OneInput({}, tmp_path)  # no labels: 40 rows, every other one
+    session = _session(build_artifact(one.build_model(), Recipe(), one, tmp_path / "base").path)
+    model = one.build_model()
+    with torch.no_grad():
+        expected = float(model(torch.from_numpy(one.arrays.x_eval[::2])).mean())
+    assert one.proxy_quality(lambda feeds: session.run(None, feeds)[0]) == pytest.approx(expected, abs=1e-5)
