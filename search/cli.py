@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import run
     from search.preflight import check_run
     from search.space import load_space
-    from search.study.progress import front_table
+    from search.study.progress import front_table, rejection_line
     from search.study.tracking import is_server
 
     results_dir = _results_dir(args)
@@ -152,6 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print()
         print(front_table(view))
         counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items()))
+        if rejection_line(view):
+            print(rejection_line(view))
         q = shlex.quote
         where = f"--storage {q(options.storage)}"
         print(f"\nstudy {view.name!r}: {counts}.\n"
@@ -165,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from search.driver import view_from_storage
-    from search.study.progress import front_table
+    from search.study.progress import front_table, rejection_line
 
     view = view_from_storage(args.study, _storage(args))
     if args.json:
@@ -173,6 +175,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print()
     else:
         print(f"study {view.name!r}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.counts().items())))
+        if rejection_line(view):
+            print(rejection_line(view))
         print(front_table(view))
     return 0
 

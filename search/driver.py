@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from hardware.environment import environment
 from hardware.profiles import make_backend
+from search import rejection
 from search.budget import counts as counts_on_budget
 from search.budget import used as budget_used
 from search.errors import UserError
@@ -146,21 +147,26 @@ class Objective:
             trial.set_user_attr("cached_from", cached.number)
             trial.set_user_attr("artifact_dir", cached.user_attrs.get("artifact_dir"))
         else:
-            result = self.runner.evaluate(recipe.to_json(), workdir)
+            spec = rejection.trial_spec(trial.study.user_attrs, baseline, self.space.guide.reject_early)
+            result = self.runner.evaluate(recipe.to_json(), workdir, spec)
         return self._record(trial, result, baseline)
 
     def _record(self, trial: optuna.Trial, result: dict[str, Any], baseline: bool) -> tuple[float, float, float]:
+        if "rejected" in result:  # stopped at its proxy: raises TrialPruned, told as PRUNED
+            rejection.tell_rejected(trial, result, self.space.max_quality_drop)
         values = tuple(float(v) for v in result["values"])
         if not all(math.isfinite(v) for v in values):
             raise TrialFailure(f"not a number: the trial produced non-finite objective values {values}")
-        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback", "timings"):
-            if key in result:
+        for key in ("metrics", "kernels", "environment", "environments", "layers_fallback", "timings", "proxy",
+                    "proxy_drop"):
+            if result.get(key) is not None:
                 trial.set_user_attr(key, result[key])
         for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
             trial.set_user_attr(key, value)
         quality = values[0]
         study = trial.study
         if baseline:
+            rejection.record_baseline(study, result.get("proxy"), quality, self.space.max_quality_drop)
             study.set_user_attr("baseline_quality", quality)
             base_quality = quality
         else:
@@ -205,6 +211,9 @@ def run_one_trial(study: optuna.Study, objective: Objective, options: RunOptions
         study.tell(trial, state=TrialState.FAIL)
         retry_trial(study, study.get_trials(deepcopy=False)[trial.number])
         raise
+    except optuna.TrialPruned as exc:  # rejected early (search/rejection.py): its record is on the trial
+        trial.set_user_attr("failure_reason", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
     except TrialFailure as exc:
         trial.set_user_attr("failure_reason", str(exc))
         study.tell(trial, state=TrialState.FAIL)

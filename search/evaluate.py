@@ -10,12 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
+from hardware.artifact import Artifact
+from hardware.base import Backend, Feeds
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
 from search.compress import finish
 from search.recipe import Recipe
+from search.rejection import proxy_drop, verdict
 from search.space import SearchSpace
 from search.students import StudentCache, obtain_student
 from search.tasks.base import Task
@@ -25,8 +29,12 @@ FLOAT_OPS = ("Gemm", "MatMul", "Conv", "FusedGemm", "FusedMatMul", "FusedConv", 
 
 
 def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Recipe, workdir: Path,
-                    students: StudentCache | None = None) -> dict[str, Any]:
-    """`students`: where trained students are cached (a hit skips the student stages); None trains."""
+                    students: StudentCache | None = None, rejection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`students`: where trained students are cached (a hit skips the student stages); None trains.
+
+    `rejection`: None skips the task's proxy; {} scores it (the baseline: "proxy" in the result); a spec
+    (search/rejection.py: reference, limit, noise) scores it and may stop the trial there, returning
+    {"rejected": reason, "proxy", "proxy_drop", "timings", "student"} without evaluation or latency."""
     backends = {p.name: make_backend(p) for p in space.profiles}
     phases: dict[str, float] = {}  # where the trial's time went (seconds), recorded on the trial
     clock = time.monotonic()
@@ -38,6 +46,17 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
                           program=any(getattr(b, "needs_program", False) for b in backends.values()))
     artifact.save_records()
     phases["compress"] = time.monotonic() - clock - phases["student"]
+    proxy = None
+    if rejection is not None:
+        started = time.monotonic()
+        proxy = score_proxy(task, backends[space.objective_profile], artifact)
+        if proxy is not None:
+            phases["proxy"] = time.monotonic() - started
+        if proxy is not None and (reason := verdict(proxy, rejection)) is not None:
+            phases["total"] = time.monotonic() - clock
+            return {"rejected": reason, "proxy": proxy, "proxy_drop": proxy_drop(proxy, rejection),
+                    "student": None if student is None else student.as_attrs(),
+                    "timings": {k: round(v, 2) for k, v in phases.items()}}
     measurements = {}
     extras: dict[str, dict[str, float]] = {}  # the task's extra quality figures, per profile
     for profile in space.profiles:
@@ -73,7 +92,24 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         "layers_fallback": fallback,
         "student": None if student is None else student.as_attrs(),
         "timings": {k: round(v, 2) for k, v in phases.items()},
+        "proxy": proxy,
+        "proxy_drop": proxy_drop(proxy, rejection),  # beside the full drop: how well the proxy tracks it
     }
+
+
+def score_proxy(task: Task, backend: Backend, artifact: Artifact) -> float | None:
+    """The task's proxy quality of `artifact`, run as `backend` runs it (the objective profile's, the one
+    whose quality the constraint reads); None when the task has no proxy (nothing is loaded then)."""
+    prepared = None
+
+    def predict(feeds: Feeds) -> np.ndarray:
+        nonlocal prepared
+        if prepared is None:
+            prepared = backend.prepare(artifact)
+        return prepared.run(feeds)
+
+    with compute_slot():  # evaluation is compute: it must not overlap another worker's timing
+        return task.proxy_quality(predict)
 
 
 def evaluate_report_split(space: SearchSpace, task: Task, artifact_dir: Path) -> dict[str, Any] | None:

@@ -21,9 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from statistics import mean
-from typing import Any
+from typing import Any, NoReturn
+
+import optuna
+
+from search.study.view import CONSTRAINT_KEY
 
 MARGIN = 1.5
+SPEC_ATTR = "rejection"  # the study attribute holding the spec: {"reference", "limit", "noise"}
 SKIPPED_PHASES = ("evaluate", "measure")  # what a rejected trial does not run
 REASON = "rejected early:"
 
@@ -44,6 +49,46 @@ def verdict(proxy: float, spec: dict[str, Any]) -> str | None:
         return (f"{REASON} proxy drop {drop:.4g} > {spec['limit']:.4g} (allowed drop x {MARGIN:g} + the proxy's "
                 f"noise {spec.get('noise', 0.0):.2g}); full evaluation and latency skipped")
     return None
+
+
+def proxy_drop(proxy: float | None, spec: dict[str, Any] | None) -> float | None:
+    """The baseline's proxy minus this trial's, or None without both."""
+    if proxy is None or not spec or "reference" not in spec:
+        return None
+    return spec["reference"] - proxy
+
+
+def trial_spec(study_attrs: dict[str, Any], baseline: bool, enabled: bool) -> dict[str, Any] | None:
+    """What a trial process gets (TrialRunner.evaluate): None, no proxy (rejection off, or the task has
+    none: the baseline recorded no SPEC_ATTR); {} for the baseline, whose proxy is only scored; else the
+    study's spec."""
+    if not enabled:
+        return None
+    if baseline:
+        return {}
+    return study_attrs.get(SPEC_ATTR)
+
+
+def record_baseline(study: optuna.Study, proxy: float | None, quality: float, max_quality_drop: float) -> None:
+    """The spec later trials are judged by, from the baseline's proxy and full score (nothing without a proxy)."""
+    if proxy is not None:
+        study.set_user_attr(SPEC_ATTR, {"reference": proxy, "limit": limit(max_quality_drop, proxy, quality),
+                                        "noise": abs(proxy - quality)})
+
+
+def tell_rejected(trial: optuna.Trial, result: dict[str, Any], max_quality_drop: float) -> NoReturn:
+    """Record a rejected trial's result and raise TrialPruned with its reason (the driver tells it PRUNED).
+
+    Its `quality_drop` is the proxy's (the full evaluation never ran: `rejected` says so), and its
+    constraint the proxy drop's excess over the allowed drop, so TPE counts it infeasible."""
+    for key in ("timings", "proxy", "proxy_drop"):
+        trial.set_user_attr(key, result[key])
+    for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("rejected", True)
+    trial.set_user_attr("quality_drop", result["proxy_drop"])
+    trial.set_constraint(CONSTRAINT_KEY, result["proxy_drop"] - max_quality_drop)
+    raise optuna.TrialPruned(result["rejected"])
 
 
 def time_saved_s(trials: Iterable[Any]) -> float | None:

@@ -74,9 +74,10 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
                 result = study_sensitivity(space, task, model, Path(cache_dir).parent.parent,
                                            students.identity(model) if students else None)
             else:
-                _, recipe_json, workdir = message
+                # ("eval", recipe, workdir[, rejection spec]): search/rejection.py, None = no proxy
+                recipe_json, workdir, rejection = message[1], message[2], (message[3:] or (None,))[0]
                 result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
-                                         students)
+                                         students, rejection)
             conn.send(("ok", result))
         except MemoryError:
             conn.send(("error", "out of memory: MemoryError while evaluating the trial"))
@@ -107,9 +108,12 @@ class TrialRunner:
             self._proc.join(5)
         self._proc, self._conn = None, None
 
-    def evaluate(self, recipe_json: str, workdir: Path) -> dict[str, Any]:
-        """Evaluate one recipe; raise TrialFailure with the reason if it fails in any way."""
-        return self._ask(("eval", recipe_json, str(workdir)))
+    def evaluate(self, recipe_json: str, workdir: Path, rejection: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate one recipe; raise TrialFailure with the reason if it fails in any way.
+
+        `rejection`: the early-rejection spec (search/rejection.py; {} scores the proxy only, None skips it);
+        a rejected trial's result holds "rejected" (the reason) and no "values"."""
+        return self._ask(("eval", recipe_json, str(workdir), rejection))
 
     def sensitivity(self) -> dict[str, Any]:
         """The space's per-layer sensitivity table (search/sensitivity.py), measured in the trial process

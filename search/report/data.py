@@ -16,6 +16,7 @@ from typing import Any
 from hardware.artifact import GRAPH_FILE, LAYERS_FILE
 from search.report.hypervolume import progress
 from search.study.figures import figure_kind
+from search.study.progress import rejection_line
 from search.study.view import DIRECTIONS, FrontRow, StudyView, TrialView
 
 LAYER_COLUMNS = ("kind", "shape", "params", "bits", "sparsity", "rank", "clusters")
@@ -129,6 +130,7 @@ class ReportData:
     failed: list[tuple[int, str, str]]
     splits: list[SplitRow] = field(default_factory=list)  # selection vs report split of the front
     sensitivity: dict[str, Any] | None = None  # the per-layer table of search/sensitivity.py, when measured
+    rejection: str | None = None  # trials rejected early and the time that saved (one line), when any
 
     def trial(self, number: int) -> TrialView:
         return next(t for t in self.trials if t.number == number)
@@ -283,5 +285,5 @@ def build_report(view: StudyView, latency_budget_ms: float | None = None, with_l
         hypervolume=progress(feasible_values, DIRECTIONS, finished), spread=_spread(profiles, view),
         failed=[(t.number, t.state, t.failure_reason or "no reason recorded") for t in view.trials
                 if t.state not in ("COMPLETE", "RUNNING", "WAITING")],
-        splits=split_rows(view), sensitivity=attrs.get("sensitivity"),
+        splits=split_rows(view), sensitivity=attrs.get("sensitivity"), rejection=rejection_line(view),
     )

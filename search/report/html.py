@@ -77,7 +77,7 @@ def _summary(d: ReportData) -> str:
     task = d.task or {}
     opts = ", ".join(f"{k}={v}" for k, v in (task.get("options") or {}).items())
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(d.counts.items())) or "none"
-    failed = sum(n for s, n in d.counts.items() if s in ("FAIL", "PRUNED"))
+    failed = d.counts.get("FAIL", 0)  # PRUNED trials were rejected early: their own row says so
     pairs = [
         ("Task", e(f"{task.get('name', '?')} ({opts})" if opts else task.get("name", "?"))),
         ("Space", e(f"{d.space.get('space_name')} - {d.space.get('space_file')} (hash {d.space.get('space_hash')})")),
@@ -88,6 +88,8 @@ def _summary(d: ReportData) -> str:
         ("Time spent", e(f"{fmt.duration(d.compute_s)} in trials; {fmt.duration(d.wall_s)} from first start "
                          f"to last finish")),
     ]
+    if d.rejection:
+        pairs.append(("Early rejection", e(d.rejection)))
     pairs.append(("Environment", " &middot; ".join(f'<span class="muted">{e(k)}</span> {e(v)}'
                                                  for k, v in d.environment.items()) or "not recorded"))
     out = [_kv(pairs)]

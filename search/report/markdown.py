@@ -44,6 +44,8 @@ def render_markdown(d: ReportData, command: str) -> str:
              f"- quality constraint: {m(d.quality_name)} drop <= {d.max_quality_drop} against the fp32 baseline",
              f"- trials: {m(counts)}",
              f"- time spent: {fmt.duration(d.compute_s)} in trials, {fmt.duration(d.wall_s)} wall"]
+    if d.rejection:
+        lines.append(f"- {m(d.rejection)}")
     lines.append("- environment: " + (", ".join(f"{m(k)} {m(v)}" for k, v in d.environment.items()) or "not recorded"))
     kinds = sorted({k for p in d.profiles.values() for k in p.kinds.values()})
     if kinds:

@@ -44,14 +44,28 @@ class Progress:
         if t.state == "COMPLETE" and t.values:
             q, lat, size = t.values.values()
             mark = "" if t.feasible else "  (infeasible: quality drop over the limit)"
-            what = f"{self.quality_name} {q:.4f}  p50 {lat:.4f} ms  {format_bytes(size)}{mark}"
+            what = f"{t.state.lower()}  {self.quality_name} {q:.4f}  p50 {lat:.4f} ms  {format_bytes(size)}{mark}"
+        elif t.rejected:  # its reason reads "rejected early: proxy drop ... > ..."
+            what = t.failure_reason or "rejected early"
         else:
-            what = f"{t.state}: {t.failure_reason or 'no reason recorded'}"
+            what = f"{t.state.lower()}  {t.state}: {t.failure_reason or 'no reason recorded'}"
         label = "baseline" if t.baseline else t.summary + (f" [anchor: {t.anchor}]" if t.anchor else "")
         if t.variant_of is not None:
             label += f" [{variant_label(t.variant_of, t.student)}]"
-        self.say(f"[{n:>{len(str(self.total))}}/{self.total}] trial {number} {t.state.lower()}  {what}  "
+        self.say(f"[{n:>{len(str(self.total))}}/{self.total}] trial {number} {what}  "
                  f"| {label} | elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}")
+
+
+def rejection_line(view: StudyView) -> str | None:
+    """What early rejection did (search/rejection.py), in one line; None when no trial was rejected."""
+    guide = view.guide_summary()
+    if not guide["rejected_early"]:
+        return None
+    saved = guide["time_saved_s_estimated"]
+    what = ("no completed trial to estimate the time saved from" if saved is None else
+            f"about {format_duration(saved)} of evaluation and latency measurement saved (estimated from the "
+            "completed trials)")
+    return f"rejected early: {guide['rejected_early']} trial(s) stopped at their proxy score; {what}"
 
 
 def front_table(view: StudyView) -> str:

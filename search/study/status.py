@@ -13,11 +13,12 @@ def study_status(study: optuna.Study) -> str:
     view = StudyView.load(study)
     counts = view.counts()
     lost = sum(1 for t in view.trials if view_interrupted(t.state, t.failure_reason))  # not on the budget
-    done = counts.get("COMPLETE", 0) + counts.get("FAIL", 0) - lost
+    rejected = counts.get("PRUNED", 0)  # rejected early at their proxy (search/rejection.py): they use the budget
+    done = counts.get("COMPLETE", 0) + counts.get("FAIL", 0) + rejected - lost
     running = counts.get("RUNNING", 0)
     budget = study.user_attrs.get("budget")
     parts = [f"{view.name}: {counts.get('COMPLETE', 0)} done, {counts.get('FAIL', 0) - lost} failed, "
-             f"{running} running"]
+             + (f"{rejected} rejected early, " if rejected else "") + f"{running} running"]
     if lost:
         parts[0] += f" ({lost} interrupted, not counted)"
     if budget:
@@ -29,7 +30,7 @@ def study_status(study: optuna.Study) -> str:
         best = min(front, key=lambda r: r.latency)
         parts.append(f"fastest feasible: trial {best.trial} ({quality} {best.quality:.4f}, "
                      f"p50 {best.latency:.4f} ms, {format_bytes(best.bytes)})")
-    durations = [t.duration_s for t in view.trials if t.duration_s and t.state in ("COMPLETE", "FAIL")]
+    durations = [t.duration_s for t in view.trials if t.duration_s and t.state in ("COMPLETE", "FAIL", "PRUNED")]
     if budget and durations and running:
         left = max(0, budget - done - running)
         eta = sum(durations) / len(durations) * (left / max(1, running) + 0.5)

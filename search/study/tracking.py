@@ -206,7 +206,8 @@ class Tracker:
         layers = artifact_dir / LAYERS_FILE if artifact_dir is not None else None
         model = artifact_dir / MODEL_FILE if artifact_dir is not None and self.log_models else None
         end = int(view.start_ms + view.duration_s * 1000) if view.start_ms and view.duration_s else None
-        status = "FINISHED" if view.state == "COMPLETE" else "FAILED"
+        # A trial rejected early (PRUNED) was stopped on purpose: KILLED, not FAILED like a crash.
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(view.state, "FAILED")
         self._submit(self._finish_child, run_id, batch, view.recipe, layers, status, end, model)
         self._pareto[view.number] = pareto
         self.trials_logged += 1

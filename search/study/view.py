@@ -156,6 +156,8 @@ class TrialView:
     variant_of: int | None = None  # the trial whose cached student this one reuses with other quantization (reuse.py)
     rejected: bool = False  # stopped early by its proxy score (failure_reason says by how much)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the trial
+    proxy: float | None = None  # the task's cheap quality estimate (search/rejection.py)
+    proxy_drop: float | None = None  # the baseline's proxy minus this one (a rejected trial's quality_drop too)
 
     def flat_params(self) -> dict[str, Any]:
         out = dict(self.params)
@@ -180,6 +182,9 @@ class TrialView:
             out.update({f"{profile}.{k}": v for k, v in metrics.items()})
         if self.quality_drop is not None:
             out["quality_drop"] = self.quality_drop
+        for key in ("proxy", "proxy_drop"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         # Numeric knobs as metrics too: the UI's parallel-coordinates chart cuts string labels.
         for k, v in self.params.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -230,6 +235,8 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         variant_of=attrs.get("variant_of"),
         rejected=bool(attrs.get("rejected", False)),
         timings=attrs.get("timings", {}),
+        proxy=attrs.get("proxy"),
+        proxy_drop=attrs.get("proxy_drop"),
     )
 
 
@@ -360,6 +367,7 @@ class StudyView:
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
                 "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
                 "anchor": t.anchor, "variant_of": t.variant_of, "rejected": t.rejected, "timings": t.timings,
+                "proxy": t.proxy, "proxy_drop": t.proxy_drop,
             } for t in self.trials],
             "guide": self.guide_summary(),
         }

@@ -91,6 +91,14 @@ class Task(ABC):
         """
         return kd_loss(student_out, teacher_out, labels, config.temperature, config.alpha, self.task_loss)
 
+    def proxy_quality(self, predict: Predict) -> float | None:
+        """A cheap estimate of `evaluate(predict)`: the same metric on a few hundred samples of the
+        selection split, or None when the task has none (the default; its trials are then never
+        rejected early). Scored before the full evaluation and the latency measurement, so a trial
+        that clearly misses the quality constraint stops there (search/rejection.py). `predict` is
+        only called when the task has a proxy."""
+        return None
+
     def evaluate_report(self, predict: Predict) -> ReportQuality | None:
         """Quality of `predict` on the report split, or None when the task has none (the default).
 

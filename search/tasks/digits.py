@@ -157,6 +157,12 @@ class DigitsTask(Task):
     def evaluate(self, predict: Predict) -> float:
         return self._accuracy(predict, "test")
 
+    def proxy_quality(self, predict: Predict) -> float:
+        """Accuracy on every other image of the test split (200 of its 400)."""
+        x, y = (a[::2] for a in self._splits["test"])
+        logits = np.concatenate([predict({"x": x[i:i + 100]}) for i in range(0, len(x), 100)])
+        return float((logits.argmax(axis=1) == y).mean())
+
     def evaluate_report(self, predict: Predict) -> ReportQuality:
         return ReportQuality(self._accuracy(predict, "report"))
 

@@ -1,0 +1,149 @@
+"""Early rejection: the limit and verdict, the tasks' proxies, the trial process and a digits study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from search import rejection
+from search.cli import main
+from search.evaluate import evaluate_recipe
+from search.recipe import Recipe
+from search.space import load_space
+from search.tasks.digits import DigitsTask
+from search.techniques.quantize import QuantizeConfig, uniform_params
+
+LAYERS = ("net.0", "net.2", "net.4")
+
+
+def test_the_limit_leaves_room_for_the_margin_and_the_proxy_s_noise() -> None:
+    assert rejection.limit(1.0, 80.0, 81.5) == pytest.approx(1.0 * rejection.MARGIN + 1.5)
+    spec = {"reference": 80.0, "limit": 3.0, "noise": 1.5}
+    assert rejection.verdict(77.5, spec) is None  # a drop of 2.5: near the limit, the full evaluation decides
+    reason = rejection.verdict(75.9, spec)
+    assert reason is not None and reason.startswith("rejected early: proxy drop 4.1 > 3 ")
+    assert "noise 1.5" in reason and "latency skipped" in reason
+    assert rejection.verdict(0.0, {}) is None  # the baseline: scored, never judged
+
+
+def test_a_trial_gets_the_spec_only_when_rejection_is_on_and_the_baseline_had_a_proxy() -> None:
+    spec = {"reference": 0.9, "limit": 0.05, "noise": 0.01}
+    attrs = {rejection.SPEC_ATTR: spec}
+    assert rejection.trial_spec(attrs, baseline=True, enabled=True) == {}
+    assert rejection.trial_spec(attrs, baseline=False, enabled=True) == spec
+    assert rejection.trial_spec(attrs, baseline=False, enabled=False) is None
+    assert rejection.trial_spec({}, baseline=False, enabled=True) is None  # the task has no proxy
+    assert rejection.proxy_drop(0.8, spec) == pytest.approx(0.1) and rejection.proxy_drop(0.8, {}) is None
+
+
+def test_time_saved_is_the_rejected_count_times_the_skipped_phases() -> None:
+    def trial(state: str, rejected: bool = False, baseline: bool = False, **timings: float) -> SimpleNamespace:
+        return SimpleNamespace(state=state, rejected=rejected, baseline=baseline, timings=timings)
+
+    trials = [trial("COMPLETE", baseline=True, evaluate=9.0, measure=9.0), trial("COMPLETE", evaluate=1.0, measure=3.0),
+              trial("COMPLETE", evaluate=2.0, measure=4.0), trial("PRUNED", rejected=True, proxy=0.1),
+              trial("PRUNED", rejected=True, proxy=0.1)]
+    assert rejection.time_saved_s(trials) == pytest.approx(2 * 5.0)
+    assert rejection.time_saved_s(trials[:3]) == 0.0
+    assert rejection.time_saved_s(trials[3:]) is None  # nothing completed to estimate from
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> DigitsTask:
+    return DigitsTask({"hidden": 32, "epochs": 4, "seed": 0}, tmp_path_factory.mktemp("models"))
+
+
+def torch_predict(model: torch.nn.Module):
+    @torch.no_grad()
+    def predict(feeds):
+        return model(torch.from_numpy(feeds["x"])).numpy()
+    return predict
+
+
+def test_digits_proxy_is_the_accuracy_on_half_the_selection_split(task: DigitsTask) -> None:
+    model = task.build_model()
+    calls = []
+
+    def predict(feeds):
+        calls.append(len(feeds["x"]))
+        return torch_predict(model)(feeds)
+
+    proxy = task.proxy_quality(predict)
+    assert sum(calls) == 200  # half of the 400 test images
+    x, y = task._splits["test"]
+    expected = float((torch_predict(model)({"x": x[::2]}).argmax(1) == y[::2]).mean())
+    assert proxy == pytest.approx(expected)
+    assert abs(proxy - task.evaluate(torch_predict(model))) < 0.1
+
+
+def write_space(tmp_path: Path, name: str, reject_early: bool = True) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "task": {"name": "digits", "options": {"hidden": 32, "epochs": 4}},
+        "hardware": {"profiles": ["ort-cpu"]}, "constraints": {"max_quality_drop": 0.02}, "sampler": "random",
+        "guide": {"anchors": False, "reject_early": reject_early},
+        "techniques": {"quantize": {"bits": ["fp32", "int8", "binary"], "activations": "dynamic",
+                                    "per_channel": True}}}))
+    return path
+
+
+def test_the_trial_process_stops_a_hopeless_artifact_at_its_proxy(task: DigitsTask, tmp_path: Path) -> None:
+    space = load_space(write_space(tmp_path, "rej"), tmp_path / "models")
+    model = task.build_model()
+    binary = Recipe((QuantizeConfig(layer_bits=dict.fromkeys(LAYERS, "binary"), activations="dynamic"),))
+    base = evaluate_recipe(space, task, model, Recipe(), tmp_path / "t0", rejection={})
+    assert base["proxy"] is not None and base["proxy_drop"] is None and "values" in base
+    spec = {"reference": base["proxy"], "limit": rejection.limit(0.02, base["proxy"], base["values"][0]),
+            "noise": abs(base["proxy"] - base["values"][0])}
+    out = evaluate_recipe(space, task, model, binary, tmp_path / "t1", rejection=spec)
+    assert out["rejected"].startswith(rejection.REASON) and "values" not in out
+    assert out["proxy_drop"] > spec["limit"] and set(out["timings"]) == {"student", "compress", "proxy", "total"}
+    full = evaluate_recipe(space, task, model, binary, tmp_path / "t2")  # no spec: no proxy, the full trial
+    assert "rejected" not in full and full["proxy"] is None and "measure" in full["timings"]
+    assert base["values"][0] - full["values"][0] > 0.02  # the rejection was right: it misses the constraint
+
+
+@pytest.mark.slow
+def test_a_digits_study_rejects_a_hopeless_recipe_early(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    for name, reject in (("rej", True), ("keep", False)):
+        space = write_space(tmp_path, name, reject_early=reject)
+        run = ["run", str(space), "--results-dir", str(results), "--no-remeasure", "--seed", "0"]
+        assert main([*run, "--trials", "1"]) == 0  # the baseline first: every trial compares against it
+        study = optuna.load_study(study_name=name, storage=storage)
+        tech = load_space(space, results / "cache" / "models").techniques[0]
+        study.enqueue_trial(uniform_params(tech, "binary"))
+        if reject:
+            study.enqueue_trial(uniform_params(tech, "int8"))
+        capsys.readouterr()
+        assert main([*run, "--trials", "3" if reject else "2"]) == 0
+        out = capsys.readouterr().out
+        binary = study.trials[1]
+        if reject:
+            assert binary.state == optuna.trial.TrialState.PRUNED
+            reason = binary.user_attrs["failure_reason"]
+            assert reason.startswith("rejected early: proxy drop ") and binary.user_attrs["rejected"]
+            assert "measure" not in binary.user_attrs["timings"] and "proxy" in binary.user_attrs["timings"]
+            assert binary.constraints["quality_drop"] > 0  # TPE counts it infeasible
+            assert binary.user_attrs["quality_drop"] == binary.user_attrs["proxy_drop"]
+            assert f"trial 1 {reason}  | quantize [binary/binary/binary]" in out  # one progress line says so
+            assert "rejected early: 1 trial(s) stopped at their proxy score" in out
+            int8 = study.trials[2]
+            assert int8.state == optuna.trial.TrialState.COMPLETE and "proxy" in int8.user_attrs
+            assert "measure" in int8.user_attrs["timings"]
+            assert rejection.SPEC_ATTR in study.user_attrs
+        else:  # the same recipe, rejection off: evaluated and timed in full, and infeasible
+            assert binary.state == optuna.trial.TrialState.COMPLETE and "measure" in binary.user_attrs["timings"]
+            assert binary.constraints["quality_drop"] > 0 and "proxy" not in binary.user_attrs
+            assert rejection.SPEC_ATTR not in study.user_attrs
+    assert main(["status", "--results-dir", str(results)]) == 0
+    assert "rej: 2 done, 0 failed, 1 rejected early, 0 running of a budget of 3" in capsys.readouterr().out
+    assert main(["report", "rej", "--results-dir", str(results), "--out", str(tmp_path / "report")]) == 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Early rejection" in html and "rejected early: proxy drop" in html
