@@ -15,6 +15,7 @@ from torch import nn
 
 from hardware.artifact import Artifact
 from hardware.base import Backend, Feeds
+from hardware.environment import environment
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
 from search.compress import finish
@@ -55,6 +56,7 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         if proxy is not None and (reason := verdict(proxy, rejection)) is not None:
             phases["total"] = time.monotonic() - clock
             return {"rejected": reason, "proxy": proxy, "proxy_drop": proxy_drop(proxy, rejection),
+                    "environment": environment(),  # the machine that scored the proxy
                     "student": None if student is None else student.as_attrs(),
                     "timings": {k: round(v, 2) for k, v in phases.items()}}
     measurements = {}

@@ -81,7 +81,7 @@ def tell_rejected(trial: optuna.Trial, result: dict[str, Any], max_quality_drop:
 
     Its `quality_drop` is the proxy's (the full evaluation never ran: `rejected` says so), and its
     constraint the proxy drop's excess over the allowed drop, so TPE counts it infeasible."""
-    for key in ("timings", "proxy", "proxy_drop"):
+    for key in ("timings", "proxy", "proxy_drop", "environment"):
         trial.set_user_attr(key, result[key])
     for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
         trial.set_user_attr(key, value)

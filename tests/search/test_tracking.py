@@ -48,7 +48,7 @@ def runs_of(results: Path) -> tuple[MlflowClient, object, list]:
 
 def check_agreement(results: Path, shown: dict) -> None:
     client, parent, children = runs_of(results)
-    finished = [t for t in shown["trials"] if t["state"] in ("COMPLETE", "FAIL")]
+    finished = [t for t in shown["trials"] if t["state"] in ("COMPLETE", "FAIL", "PRUNED")]  # PRUNED: rejected early
     by_number = {int(r.data.tags["compsearch.trial"]): r for r in children}
     assert sorted(by_number) == [t["number"] for t in finished]  # one child per trial, none twice
     for t in finished:
