@@ -7,6 +7,7 @@ completes that
 - has a cached student (`student_cached` "miss": it trained it; or "hit": another study
   sharing the results directory did) that no trial of this study took variants of yet,
 - is not itself a variant,
+- completed, or was rejected early by its proxy (search/rejection.py),
 - and is promising: its quality drop is within PROMISING x the allowed drop,
 
 `guide.reuse_students` variants of it are enqueued at once (they run before the sampler draws
@@ -64,10 +65,13 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 
 def wants_variants(trial: FrozenTrial, max_quality_drop: float) -> bool:
-    """A completed trial (not a variant, not the baseline) with a cached student (trained now or by another
-    study: not with the cache off) and student params to fix, that is promising (see PROMISING)."""
+    """A completed or early-rejected trial (not a variant, not the baseline) with a cached student (trained
+    now or by another study: not with the cache off) and student params to fix, that is promising (see
+    PROMISING: a rejected trial's drop is its proxy's, and rejection leaves the drops just over 1.5x)."""
     attrs = trial.user_attrs
-    if trial.state != TrialState.COMPLETE or attrs.get("baseline") or VARIANT_ATTR in attrs:
+    # A trial rejected early (search/rejection.py) has its proxy's drop: its student may still be good.
+    finished = trial.state == TrialState.COMPLETE or (trial.state == TrialState.PRUNED and attrs.get("rejected"))
+    if not finished or attrs.get("baseline") or VARIANT_ATTR in attrs:
         return False
     if attrs.get("student_cached") not in ("miss", "hit") or not split_params(trial.params)[0]:
         return False

@@ -110,6 +110,18 @@ def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp
     assert {k: variant.system_attrs["fixed_params"][k] for k in student} == student
 
 
+def test_a_trial_rejected_early_just_over_the_limit_is_promising(digits) -> None:
+    sampled = _sampled(digits)
+
+    def rejected(drop: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(params=sampled.params, distributions=sampled.distributions,
+                                         state=TrialState.PRUNED, user_attrs={
+                                             "rejected": True, "quality_drop": drop, "student_cached": "miss"})
+
+    assert wants_variants(rejected(0.035), 0.02)  # rejection stops at 1.5x + noise; its student may be fine
+    assert not wants_variants(rejected(0.05), 0.02)
+
+
 def test_a_retried_variant_stays_a_variant(digits, tmp_path: Path) -> None:
     from search.recovery import retry_trial
 
