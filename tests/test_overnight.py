@@ -81,14 +81,19 @@ def test_sigkill_mid_trial_then_resume(tmp_path: Path, capsys) -> None:
     storage = f"sqlite:///{results / 'optuna.db'}"
     deadline = time.monotonic() + 240
     victim = None
+    evaluations = tmp_path / "killed-faults" / "evaluations"
     while victim is None and time.monotonic() < deadline:  # wait until trial 1 (the slow one) runs
         time.sleep(0.5)
+        # Open the storage only once the driver has evaluated twice: opening it while the driver
+        # creates it would race two schema creations (SQLite: UNIQUE constraint on alembic_version).
+        if not evaluations.exists() or evaluations.read_text().strip() != "2":
+            continue
         try:
             study = optuna.load_study(study_name="killed", storage=storage)
         except Exception:  # noqa: BLE001 - the storage is not there yet
             continue
         running = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING and t.number == 1]
-        if running and (tmp_path / "killed-faults" / "evaluations").read_text().strip() == "2":
+        if running:
             victim = running[0].number
     assert victim == 1, "trial 1 never started"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its trial process, as a crash would
