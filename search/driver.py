@@ -146,6 +146,8 @@ class Objective:
             result["values"] = tuple(cached.values)
             trial.set_user_attr("cached_from", cached.number)
             trial.set_user_attr("artifact_dir", cached.user_attrs.get("artifact_dir"))
+        elif (again := rejection.rejected_before(trial.study, recipe.hash, trial.number)) is not None:
+            result = again  # rejected before: rejected again without building it
         else:
             spec = rejection.trial_spec(trial.study.user_attrs, baseline, self.space.guide.reject_early)
             result = self.runner.evaluate(recipe.to_json(), workdir, spec)

@@ -14,7 +14,8 @@ excess (so TPE's constrained split counts it infeasible and learns to avoid its 
 `failure_reason` "rejected early: proxy drop 4.1 > 1.5 ..." and user attribute `rejected`.
 
 The time rejection saved is an estimate: each rejected trial skipped the phases a completed trial
-spent after its proxy (evaluate + measure, from the trials' `timings`), at their mean.
+spent after its proxy (evaluate + measure, from the trials' `timings`), at their mean, less the
+proxy's own time on every trial it let through (the baseline's included).
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def tell_rejected(trial: optuna.Trial, result: dict[str, Any], max_quality_drop:
 
     Its `quality_drop` is the proxy's (the full evaluation never ran: `rejected` says so), and its
     constraint the proxy drop's excess over the allowed drop, so TPE counts it infeasible."""
-    for key in ("timings", "proxy", "proxy_drop", "environment"):
-        trial.set_user_attr(key, result[key])
+    for key in ("timings", "proxy", "proxy_drop", "environment", "cached_from"):
+        if result.get(key) is not None:
+            trial.set_user_attr(key, result[key])
     for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
         trial.set_user_attr(key, value)
     trial.set_user_attr("rejected", True)
@@ -91,8 +93,21 @@ def tell_rejected(trial: optuna.Trial, result: dict[str, Any], max_quality_drop:
     raise optuna.TrialPruned(result["rejected"])
 
 
+def rejected_before(study: optuna.Study, recipe_hash: str, number: int) -> dict[str, Any] | None:
+    """The result of the first trial of this study that had this recipe and was rejected, to reject this one
+    again without building it (the spec does not change within a study); None when there is none."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+        attrs = t.user_attrs
+        if t.number != number and attrs.get("rejected") and attrs.get("recipe_hash") == recipe_hash:
+            return {"rejected": f"{attrs['failure_reason']}; the same recipe as trial {t.number}, not built again",
+                    "proxy": attrs.get("proxy"), "proxy_drop": attrs["proxy_drop"], "timings": {},
+                    "environment": attrs.get("environment"), "cached_from": t.number}
+    return None
+
+
 def time_saved_s(trials: Iterable[Any]) -> float | None:
-    """Estimated seconds rejection saved: rejected trials x the mean skipped phases of completed ones.
+    """Estimated seconds rejection saved, net: rejected trials x the mean skipped phases of completed
+    ones, minus what scoring the proxy cost the trials it did not stop (negative when it cost more).
 
     `trials`: the study view's TrialViews (state, baseline, rejected, timings)."""
     trials = list(trials)
@@ -101,4 +116,7 @@ def time_saved_s(trials: Iterable[Any]) -> float | None:
              if t.state == "COMPLETE" and not t.baseline and all(p in t.timings for p in SKIPPED_PHASES)]
     if not rejected:
         return 0.0
-    return rejected * mean(spent) if spent else None
+    if not spent:
+        return None
+    overhead = sum(t.timings.get("proxy", 0.0) for t in trials if not t.rejected)
+    return rejected * mean(spent) - overhead

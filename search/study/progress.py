@@ -62,9 +62,12 @@ def rejection_line(view: StudyView) -> str | None:
     if not guide["rejected_early"]:
         return None
     saved = guide["time_saved_s_estimated"]
-    what = ("no completed trial to estimate the time saved from" if saved is None else
-            f"about {format_duration(saved)} of evaluation and latency measurement saved (estimated from the "
-            "completed trials)")
+    if saved is None:
+        what = "no completed trial to estimate the time saved from"
+    else:  # net of the proxy's cost on the trials it let through (search/rejection.py)
+        what = (f"about {format_duration(abs(saved))} " + ("saved" if saved >= 0 else "lost") +
+                " (the evaluation and latency measurement they skipped, at the completed trials' mean, less "
+                "the proxy's own time)")
     return f"rejected early: {guide['rejected_early']} trial(s) stopped at their proxy score; {what}"
 
 

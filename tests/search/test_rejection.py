@@ -42,14 +42,34 @@ def test_a_trial_gets_the_spec_only_when_rejection_is_on_and_the_baseline_had_a_
     assert rejection.proxy_drop(0.8, spec) == pytest.approx(0.1) and rejection.proxy_drop(0.8, {}) is None
 
 
+def test_a_recipe_rejected_before_is_rejected_again_without_being_built() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    first = study.ask()
+    attrs = {"recipe_hash": "abc", "rejected": True, "failure_reason": "rejected early: proxy drop 0.4 > 0.05",
+             "proxy": 0.5, "proxy_drop": 0.4, "environment": {"cpu": "x"}}
+    for key, value in attrs.items():
+        first.set_user_attr(key, value)
+    study.tell(first, state=optuna.trial.TrialState.PRUNED)
+    assert rejection.rejected_before(study, "other", 5) is None
+    again = rejection.rejected_before(study, "abc", 5)
+    assert again is not None and again["cached_from"] == first.number and again["timings"] == {}
+    assert again["rejected"].startswith("rejected early: proxy drop 0.4 > 0.05; the same recipe as trial 0")
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="not built again"):
+        rejection.tell_rejected(trial, again, 0.02)
+    assert trial.study.trials[1].user_attrs["cached_from"] == 0
+    assert trial.study.trials[1].constraints["quality_drop"] == pytest.approx(0.38)
+
+
 def test_time_saved_is_the_rejected_count_times_the_skipped_phases() -> None:
     def trial(state: str, rejected: bool = False, baseline: bool = False, **timings: float) -> SimpleNamespace:
         return SimpleNamespace(state=state, rejected=rejected, baseline=baseline, timings=timings)
 
-    trials = [trial("COMPLETE", baseline=True, evaluate=9.0, measure=9.0), trial("COMPLETE", evaluate=1.0, measure=3.0),
-              trial("COMPLETE", evaluate=2.0, measure=4.0), trial("PRUNED", rejected=True, proxy=0.1),
-              trial("PRUNED", rejected=True, proxy=0.1)]
-    assert rejection.time_saved_s(trials) == pytest.approx(2 * 5.0)
+    trials = [trial("COMPLETE", baseline=True, evaluate=9.0, measure=9.0, proxy=0.5),
+              trial("COMPLETE", evaluate=1.0, measure=3.0, proxy=0.25), trial("COMPLETE", evaluate=2.0, measure=4.0),
+              trial("PRUNED", rejected=True, proxy=0.1), trial("PRUNED", rejected=True, proxy=0.1)]
+    # Net: what the rejected skipped, less the proxy's time on the trials it let through.
+    assert rejection.time_saved_s(trials) == pytest.approx(2 * 5.0 - 0.75)
     assert rejection.time_saved_s(trials[:3]) == 0.0
     assert rejection.time_saved_s(trials[3:]) is None  # nothing completed to estimate from
 
@@ -122,8 +142,9 @@ def test_a_digits_study_rejects_a_hopeless_recipe_early(tmp_path: Path, capsys: 
         study.enqueue_trial(uniform_params(tech, "binary"))
         if reject:
             study.enqueue_trial(uniform_params(tech, "int8"))
+            study.enqueue_trial(uniform_params(tech, "binary"))  # the same recipe again: not built again
         capsys.readouterr()
-        assert main([*run, "--trials", "3" if reject else "2"]) == 0
+        assert main([*run, "--trials", "4" if reject else "2"]) == 0
         out = capsys.readouterr().out
         binary = study.trials[1]
         if reject:
@@ -134,17 +155,20 @@ def test_a_digits_study_rejects_a_hopeless_recipe_early(tmp_path: Path, capsys: 
             assert binary.constraints["quality_drop"] > 0  # TPE counts it infeasible
             assert binary.user_attrs["quality_drop"] == binary.user_attrs["proxy_drop"]
             assert f"trial 1 {reason}  | quantize [binary/binary/binary]" in out  # one progress line says so
-            assert "rejected early: 1 trial(s) stopped at their proxy score" in out
+            assert "rejected early: 2 trial(s) stopped at their proxy score" in out
             int8 = study.trials[2]
             assert int8.state == optuna.trial.TrialState.COMPLETE and "proxy" in int8.user_attrs
             assert "measure" in int8.user_attrs["timings"]
             assert rejection.SPEC_ATTR in study.user_attrs
+            repeat = study.trials[3]
+            assert repeat.state == optuna.trial.TrialState.PRUNED and repeat.user_attrs["cached_from"] == 1
+            assert repeat.user_attrs["failure_reason"].endswith("the same recipe as trial 1, not built again")
         else:  # the same recipe, rejection off: evaluated and timed in full, and infeasible
             assert binary.state == optuna.trial.TrialState.COMPLETE and "measure" in binary.user_attrs["timings"]
             assert binary.constraints["quality_drop"] > 0 and "proxy" not in binary.user_attrs
             assert rejection.SPEC_ATTR not in study.user_attrs
     assert main(["status", "--results-dir", str(results)]) == 0
-    assert "rej: 2 done, 0 failed, 1 rejected early, 0 running of a budget of 3" in capsys.readouterr().out
+    assert "rej: 2 done, 0 failed, 2 rejected early, 0 running of a budget of 4" in capsys.readouterr().out
     assert main(["report", "rej", "--results-dir", str(results), "--out", str(tmp_path / "report")]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Early rejection" in html and "rejected early: proxy drop" in html
