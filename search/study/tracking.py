@@ -265,6 +265,9 @@ class Tracker:
                     self.client.log_artifact(self.parent_id, str(path), f"pareto/trial-{number}")
         metrics = [Metric(f"trials.{state.lower()}", float(n), 0, 0) for state, n in view.counts().items()]
         metrics.append(Metric("front.size", float(len(pareto)), 0, 0))
+        # What guiding did: anchors, student reuse, trials rejected early and the time that saved.
+        metrics += [Metric(f"guide.{k}", float(v), 0, 0) for k, v in view.guide_summary().items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         base = view.baseline
         if base and base.values:
             metrics += [Metric(f"baseline.{k}", float(v), 0, 0) for k, v in base.values.items()]

@@ -167,6 +167,14 @@ def test_a_digits_study_rejects_a_hopeless_recipe_early(tmp_path: Path, capsys: 
             assert binary.state == optuna.trial.TrialState.COMPLETE and "measure" in binary.user_attrs["timings"]
             assert binary.constraints["quality_drop"] > 0 and "proxy" not in binary.user_attrs
             assert rejection.SPEC_ATTR not in study.user_attrs
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rej").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("compsearch.role") == "study")
+    assert parent.data.metrics["guide.rejected_early"] == 2 and "guide.time_saved_s_estimated" in parent.data.metrics
+    rejected = next(r for r in runs if r.data.tags.get("compsearch.trial") == "1")
+    assert rejected.info.status == "KILLED" and rejected.data.tags["rejected"] == "true"
     assert main(["status", "--results-dir", str(results)]) == 0
     assert "rej: 2 done, 0 failed, 2 rejected early, 0 running of a budget of 4" in capsys.readouterr().out
     assert main(["report", "rej", "--results-dir", str(results), "--out", str(tmp_path / "report")]) == 0
