@@ -177,6 +177,7 @@ class Objective:
                 raise TrialFailure("no completed baseline trial to compare against")
         drop = base_quality - quality
         trial.set_user_attr("quality_drop", drop)
+        rejection.learn_noise(study, result.get("proxy_drop"), drop, self.space.max_quality_drop)
         trial.set_constraint(CONSTRAINT_KEY, drop - self.space.max_quality_drop)
         return values  # type: ignore[return-value]
 

@@ -8,7 +8,8 @@ rejected when
     proxy drop > max_quality_drop * MARGIN + noise
 
 where `noise` is how far the baseline's proxy lies from its full score (what the subset alone can
-be off by). MARGIN keeps a trial near the limit for the full evaluation: rejection only takes the
+be off by), widened whenever a completed trial's proxy drop lies further from its full drop
+(`learn_noise`). MARGIN keeps a trial near the limit for the full evaluation: rejection only takes the
 hopeless ones. A rejected trial is told to Optuna as PRUNED with its constraint set to the proxy's
 excess (so TPE's constrained split counts it infeasible and learns to avoid its region), with
 `failure_reason` "rejected early: proxy drop 4.1 > 1.5 ..." and user attribute `rejected`.
@@ -75,6 +76,17 @@ def record_baseline(study: optuna.Study, proxy: float | None, quality: float, ma
     if proxy is not None:
         study.set_user_attr(SPEC_ATTR, {"reference": proxy, "limit": limit(max_quality_drop, proxy, quality),
                                         "noise": abs(proxy - quality)})
+
+
+def learn_noise(study: optuna.Study, proxy_drop: float | None, drop: float, max_quality_drop: float) -> None:
+    """Widen the spec's noise to how far a completed trial's proxy drop lay from its full drop, when further
+    than any before: the baseline alone is one sample of the proxy's error, and every completed trial
+    is another, so the limit only ever grows towards what the proxy has been seen to miss by."""
+    spec = study.user_attrs.get(SPEC_ATTR)
+    if not spec or proxy_drop is None or abs(proxy_drop - drop) <= spec["noise"]:
+        return
+    noise = abs(proxy_drop - drop)
+    study.set_user_attr(SPEC_ATTR, {**spec, "noise": noise, "limit": max_quality_drop * MARGIN + noise})
 
 
 def tell_rejected(trial: optuna.Trial, result: dict[str, Any], max_quality_drop: float) -> NoReturn:

@@ -42,6 +42,18 @@ def test_a_trial_gets_the_spec_only_when_rejection_is_on_and_the_baseline_had_a_
     assert rejection.proxy_drop(0.8, spec) == pytest.approx(0.1) and rejection.proxy_drop(0.8, {}) is None
 
 
+def test_completed_trials_widen_the_noise_to_the_proxy_s_worst_miss() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    rejection.record_baseline(study, 0.80, 0.81, 0.02)
+    assert study.user_attrs[rejection.SPEC_ATTR]["limit"] == pytest.approx(0.03 + 0.01)
+    rejection.learn_noise(study, 0.05, 0.02, 0.02)  # the proxy overstated this drop by 0.03
+    assert study.user_attrs[rejection.SPEC_ATTR] == pytest.approx({"reference": 0.80, "noise": 0.03,
+                                                                   "limit": 0.03 + 0.03})
+    rejection.learn_noise(study, 0.01, 0.02, 0.02)  # closer than before: nothing changes
+    rejection.learn_noise(study, None, 0.02, 0.02)  # no proxy
+    assert study.user_attrs[rejection.SPEC_ATTR]["noise"] == pytest.approx(0.03)
+
+
 def test_a_recipe_rejected_before_is_rejected_again_without_being_built() -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     first = study.ask()
