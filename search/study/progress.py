@@ -99,6 +99,7 @@ def front_table(view: StudyView) -> str:
            " (sim): int2/binary layers ran on fp32 kernels, so that latency is not a low-bit kernel's):",
            fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*line) for line in lines]
+    out += _remeasure_notes(view, [r.trial for r in rows])
     if reported:
         out.append("report: quality on the task's report split, evaluated for this front only (never used to "
                    "choose); ! = its drop there exceeds the allowed quality drop")
@@ -110,6 +111,21 @@ def front_table(view: StudyView) -> str:
             if files:
                 out.append(f"  trial {r.trial} per report file: " + ", ".join(files))
     return "\n".join(out)
+
+
+def _remeasure_notes(view: StudyView, front: list[int]) -> list[str]:
+    """What the end-of-study re-timing said about these points (search/study/remeasure.py): the table keeps
+    the search's figures, so a point a longer timing found dominated is named here, with its new p50."""
+    trials = (view.attrs.get("remeasured") or {}).get("trials") or {}
+    notes = []
+    for number in front:
+        rec = trials.get(str(number)) or {}
+        if rec.get("survives") is False:
+            p50 = rec.get("p50_ms")
+            notes.append(f"  trial {number}: dominated after re-measurement"
+                         + (f" (p50 {p50:.4f} ms on the longer timing)" if p50 is not None else "")
+                         + "; its place on this front rests on the search's shorter timing")
+    return (["re-measured (the longer end-of-study timing; `show --json` has every point):"] + notes) if notes else []
 
 
 def _ratio(x: Any) -> str:

@@ -55,3 +55,14 @@ def test_without_a_baseline_there_are_no_ratios() -> None:
     assert row.baseline is None and row.x_faster is None and row.quality_change is None
     assert set(row.to_json("accuracy")) == {"trial", "accuracy", "latency_p50_ms", "bytes", "recipe",
                                             "lowbit_simulated_layers"}
+
+
+def test_the_terminal_front_names_a_point_that_re_measurement_dominated(view: StudyView) -> None:
+    from search.study.progress import front_table
+
+    assert "re-measured" not in front_table(view)  # nothing re-timed: nothing to say
+    view.attrs["remeasured"] = {"trials": {"0": {"remeasured": True, "survives": True, "p50_ms": 0.010},
+                                           "1": {"remeasured": True, "survives": False, "p50_ms": 0.0125}}}
+    table = front_table(view)
+    assert "trial 1: dominated after re-measurement (p50 0.0125 ms" in table
+    assert "trial 0: dominated" not in table
