@@ -234,11 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     storage = default_storage(results_dir)
     runs = []
     for workload in workloads:
-        for method in methods:
-            data = method_space(WORKLOADS[workload], method)
-            space_file = spaces_dir / f"{workload}-{method}.yaml"
-            space_file.write_text(yaml.safe_dump(data, sort_keys=False))
-            for seed in range(args.seeds):
+        # Seed by seed, every method in turn: a run stopped early holds whole seeds of every method
+        # (the same command again resumes each study where it stopped and skips finished ones), and
+        # drift of a shared host during the run falls on all methods alike.
+        for seed in range(args.seeds):
+            for method in methods:
+                data = method_space(WORKLOADS[workload], method)
+                space_file = spaces_dir / f"{workload}-{method}.yaml"
+                space_file.write_text(yaml.safe_dump(data, sort_keys=False))
                 study = f"{workload}-{method}-s{seed}"
                 print(f"{study}: {budgets[workload]} trials", flush=True)
                 run_study(space_file, study, budgets[workload], seed, results_dir)
