@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import metadata
+from pathlib import Path
 
 from hardware.agent import base_environment, cpu_model
 
-__all__ = ["cpu_model", "environment", "version"]
+__all__ = ["cpu_model", "environment", "int8_saturates", "version"]
 
 
 def version(dist: str) -> str:
@@ -15,6 +16,19 @@ def version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+@lru_cache(maxsize=1)
+def int8_saturates() -> bool:
+    """Whether this host's ONNX Runtime int8 kernels add u8 x s8 products in saturating int16: x86 with
+    AVX2 but no VNNI dot product (avx512_vnni, avx_vnni) or AMX. There full-range int8 weights can
+    overflow and 7-bit weights (reduce_range) are the more accurate; with VNNI, ARM or unknown, False."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    found = set(flags.split())
+    return "avx2" in found and not found & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 @lru_cache(maxsize=1)

@@ -16,13 +16,12 @@ excess (so TPE's constrained split counts it infeasible and learns to avoid its 
 
 The time rejection saved is an estimate: each rejected trial skipped the phases a completed trial
 spent after its proxy (evaluate + measure, from the trials' `timings`), at their mean, less the
-proxy's own time on every trial it let through (the baseline's included).
+proxy's own time on every trial it let through (the baseline's included): `time_saved_s` in
+search/study/view.py, which reads studies (this module tells them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from statistics import mean
 from typing import Any, NoReturn
 
 import optuna
@@ -31,7 +30,6 @@ from search.study.view import CONSTRAINT_KEY
 
 MARGIN = 1.5
 SPEC_ATTR = "rejection"  # the study attribute holding the spec: {"reference", "limit", "noise"}
-SKIPPED_PHASES = ("evaluate", "measure")  # what a rejected trial does not run
 REASON = "rejected early:"
 
 
@@ -115,20 +113,3 @@ def rejected_before(study: optuna.Study, recipe_hash: str, number: int) -> dict[
                     "proxy": attrs.get("proxy"), "proxy_drop": attrs["proxy_drop"], "timings": {},
                     "environment": attrs.get("environment"), "cached_from": t.number}
     return None
-
-
-def time_saved_s(trials: Iterable[Any]) -> float | None:
-    """Estimated seconds rejection saved, net: rejected trials x the mean skipped phases of completed
-    ones, minus what scoring the proxy cost the trials it did not stop (negative when it cost more).
-
-    `trials`: the study view's TrialViews (state, baseline, rejected, timings)."""
-    trials = list(trials)
-    rejected = sum(t.rejected for t in trials)
-    spent = [sum(t.timings.get(p, 0.0) for p in SKIPPED_PHASES) for t in trials
-             if t.state == "COMPLETE" and not t.baseline and all(p in t.timings for p in SKIPPED_PHASES)]
-    if not rejected:
-        return 0.0
-    if not spent:
-        return None
-    overhead = sum(t.timings.get("proxy", 0.0) for t in trials if not t.rejected)
-    return rejected * mean(spent) - overhead

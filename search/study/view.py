@@ -7,7 +7,9 @@ report on another machine) sees the same trials, front and baseline.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from statistics import mean
 from typing import Any
 
 import optuna
@@ -321,8 +323,6 @@ class StudyView:
         """What guiding did: anchors run, student variants run and cache hits (search/reuse.py), trials
         rejected early and the time that saved (estimated from the phases completed trials spent after
         the proxy: see search/rejection.py)."""
-        from search.rejection import time_saved_s
-
         anchors = {t.number for t in self.trials if t.anchor}
         variants = {t.number for t in self.trials if t.variant_of is not None and t.state != "WAITING"}
         front = set(self.pareto_numbers())
@@ -371,3 +371,23 @@ class StudyView:
             } for t in self.trials],
             "guide": self.guide_summary(),
         }
+
+
+SKIPPED_PHASES = ("evaluate", "measure")  # what a trial rejected early (search/rejection.py) does not run
+
+
+def time_saved_s(trials: Iterable[Any]) -> float | None:
+    """Estimated seconds rejection saved, net: rejected trials x the mean skipped phases of completed
+    ones, minus what scoring the proxy cost the trials it did not stop (negative when it cost more).
+
+    `trials`: the study view's TrialViews (state, baseline, rejected, timings)."""
+    trials = list(trials)
+    rejected = sum(t.rejected for t in trials)
+    spent = [sum(t.timings.get(p, 0.0) for p in SKIPPED_PHASES) for t in trials
+             if t.state == "COMPLETE" and not t.baseline and all(p in t.timings for p in SKIPPED_PHASES)]
+    if not rejected:
+        return 0.0
+    if not spent:
+        return None
+    overhead = sum(t.timings.get("proxy", 0.0) for t in trials if not t.rejected)
+    return rejected * mean(spent) - overhead

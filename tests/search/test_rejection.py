@@ -16,6 +16,7 @@ from search.cli import main
 from search.evaluate import evaluate_recipe
 from search.recipe import Recipe
 from search.space import load_space
+from search.study.view import time_saved_s
 from search.tasks.digits import DigitsTask
 from search.techniques.quantize import QuantizeConfig, uniform_params
 
@@ -81,9 +82,9 @@ def test_time_saved_is_the_rejected_count_times_the_skipped_phases() -> None:
               trial("COMPLETE", evaluate=1.0, measure=3.0, proxy=0.25), trial("COMPLETE", evaluate=2.0, measure=4.0),
               trial("PRUNED", rejected=True, proxy=0.1), trial("PRUNED", rejected=True, proxy=0.1)]
     # Net: what the rejected skipped, less the proxy's time on the trials it let through.
-    assert rejection.time_saved_s(trials) == pytest.approx(2 * 5.0 - 0.75)
-    assert rejection.time_saved_s(trials[:3]) == 0.0
-    assert rejection.time_saved_s(trials[3:]) is None  # nothing completed to estimate from
+    assert time_saved_s(trials) == pytest.approx(2 * 5.0 - 0.75)
+    assert time_saved_s(trials[:3]) == 0.0
+    assert time_saved_s(trials[3:]) is None  # nothing completed to estimate from
 
 
 @pytest.fixture(scope="module")

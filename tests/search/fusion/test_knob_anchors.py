@@ -3,6 +3,7 @@ study's anchors (search/anchors.py) name a value for each, so an enqueued anchor
 
 from __future__ import annotations
 
+import pytest
 from optuna.trial import FixedTrial
 
 from search.layers import LayerInfo
@@ -17,13 +18,16 @@ def _space(**body) -> TechniqueSpace:
     return TechniqueSpace("quantize", dims, tuple(LayerInfo(f"enc.{i}", "linear", (64, 64)) for i in range(2)))
 
 
-def test_searched_knobs_are_sampled_where_they_matter_and_anchors_set_them() -> None:
+@pytest.mark.parametrize("saturates", [False, True])
+def test_searched_knobs_are_sampled_where_they_matter_and_anchors_set_them(saturates, monkeypatch) -> None:
+    # The int8 anchor takes the weight range that is more accurate on the host: 7 bits where int8 saturates.
+    monkeypatch.setattr("search.techniques.quantize.anchors.int8_saturates", lambda: saturates)
     space = _space(bits=["int8", "int4"], activations=["static", "dynamic"], reduce_range=[False, True],
                    preprocess=[False, True], symmetric_activations=[False, True], int4_accuracy_level=[0, 4])
     technique = REGISTRY.named("quantize")
     anchors = quantize_anchors(space)
     int8, int4 = (technique.sample(FixedTrial(a.params), space) for a in anchors)  # raises if a param is missing
-    assert (int8.reduce_range, int8.preprocess, int8.int4_accuracy_level) == (False, False, 0)
+    assert (int8.reduce_range, int8.preprocess, int8.int4_accuracy_level) == (saturates, False, 0)
     assert set(int4.layer_bits.values()) == {"int4"} and int4.int4_accuracy_level == 4
     assert "quantize.reduce_range" not in anchors[1].params  # no int8 layer: the knob is not sampled
     static = {"quantize.bits.enc.0": "int8", "quantize.bits.enc.1": "int8", "quantize.activations": "static",

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from hardware.environment import int8_saturates
 from search.compress import build_artifact
 from search.errors import UserError
 from search.export import export_onnx
@@ -25,18 +26,10 @@ from search.techniques.quantize import quantize_onnx as apply
 LAYERS = ("net.0", "net.2", "net.4")
 
 
-def _has_vnni() -> bool:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
 # ORT's u8 x s8 kernels on x86 without VNNI add products in saturating int16: there full-range int8
 # weights overflow and the deployed model drifts from what QAT trained; 7-bit weights (reduce_range)
 # compute exactly. So the match is asserted where it holds: full range with VNNI, reduce_range without.
-REDUCE_RANGE = not _has_vnni()
+REDUCE_RANGE = int8_saturates()
 
 
 @pytest.fixture(scope="module")
