@@ -13,10 +13,12 @@ completes that
 `guide.reuse_students` variants of it are enqueued at once (they run before the sampler draws
 a new student). A variant fixes the Optuna params of the student techniques to the parent's,
 so its student prefix, and its cache key, are the parent's: it loads the student instead of
-training it. The other params are left to the study's sampler (`enqueue_trial` with partial
-params: Optuna samples the missing ones), except a few non-student params per variant, pinned so
-that a variant differs from its parent and its siblings wherever the space allows (an identical
-recipe would only repeat an earlier result and waste a trial: `variant_params`).
+training it. The first variants take the space's standard quantization/sharing settings (the
+anchors of those techniques: int8 per-channel, int4, ...) that the parent did not use; further ones
+leave the other params to the study's sampler (`enqueue_trial` with partial params: Optuna samples
+the missing ones), except a few non-student params per variant, pinned so that a variant differs
+from its parent and its siblings wherever the space allows (an identical recipe would only repeat
+an earlier result and waste a trial: `variant_params`).
 
 Why PROMISING = 2: the parent's drop includes its own quantization, which a variant changes. A
 parent up to twice over the limit may owe the excess to an aggressive quantization that a
@@ -33,12 +35,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from search.budget import used as budget_used
 from search.recovery import budget_lock
@@ -119,19 +121,39 @@ def _other_value(dist: BaseDistribution, taken: list[Any], rng: random.Random) -
     return None
 
 
-def variant_params(parent: FrozenTrial, n: int, rng: random.Random) -> list[dict[str, Any]]:
-    """The partial params of `n` variants of `parent`: its student params; variant i sets the i-th of the
-    parent's other params (shuffled) to a value neither the parent nor an earlier variant pinned, and the
-    ones before it to the parent's, so each variant differs from the parent and from its siblings
-    whatever the sampler draws for the rest. [] when no param outside the student can change: the space
-    allows no variant."""
+def standard_settings(space: SearchSpace) -> list[dict[str, Any]]:
+    """The space's anchors of the techniques that act after the student (quantize's one-liners, sharing's
+    usual setting), as their non-student params: on a promising student they are what an expert tries
+    first, and a variant that takes one quantizes for certain (a pinned param alone may be one the rest
+    of the recipe does not read)."""
+    from search.anchors import study_anchors
+
+    out = []
+    for anchor in study_anchors(space):
+        recipe = space.sample(FixedTrial(anchor.params))
+        if any(not REGISTRY.named(step.type).student for step in recipe.steps):
+            out.append(split_params(anchor.params)[1])
+    return out
+
+
+def variant_params(parent: FrozenTrial, n: int, rng: random.Random,
+                   standard: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The partial params of `n` variants of `parent`: its student params, then first each of the
+    `standard` settings (`standard_settings`) that differs from the parent's own, complete; after them
+    variant i sets the i-th of the parent's other params (shuffled) to a value neither the parent nor an
+    earlier variant pinned, and the ones before it to the parent's, so each variant differs from the
+    parent and from its siblings whatever the sampler draws for the rest. [] when no param outside the
+    student can change: the space allows no variant."""
     student, others = split_params(parent.params)
+    fixed = [{**student, **setting} for setting in standard
+             if any(k not in others or not _same(others[k], v) for k, v in setting.items())][:n]
+    n -= len(fixed)
     candidates = [k for k in others if _other_value(parent.distributions[k], [others[k]], rng) is not None]
-    if not candidates:
-        return []
+    if not candidates or n <= 0:
+        return fixed
     rng.shuffle(candidates)
     taken = {k: [others[k]] for k in candidates}
-    out = []
+    out = fixed
     for i in range(n):
         name = candidates[i % len(candidates)]
         kept = {k: others[k] for k in candidates[:i % len(candidates)]}
@@ -158,7 +180,7 @@ def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpac
         left = budget - budget_used(trials) - waiting
         # Seeded by the study and the parent: a rerun of the same study pins the same params.
         rng = random.Random(f"{study.study_name}:{parent.number}")
-        variants = variant_params(parent, max(0, min(wanted, left)), rng)
+        variants = variant_params(parent, max(0, min(wanted, left)), rng, standard_settings(space))
         for params in variants:
             study.enqueue_trial(params, user_attrs={VARIANT_ATTR: parent.number})
     return len(variants)

@@ -193,3 +193,20 @@ def test_a_study_runs_variants_on_the_cached_student(tmp_path: Path, capsys: pyt
     tags = {r.data.tags["compsearch.trial"]: r.data.tags.get("variant_of") for r in runs
             if "compsearch.trial" in r.data.tags}
     assert tags == {"0": None, "1": None, "2": "1", "3": "1"}
+
+
+def test_first_variants_take_the_standard_quantization_the_parent_did_not_use(digits) -> None:
+    from search.reuse import standard_settings
+
+    standard = standard_settings(digits)  # digits: the quantize anchors (int8 per-channel, int4, ...)
+    assert standard and all(all(k.startswith("quantize.") for k in s) for s in standard)
+    parent = _sampled(digits)
+    student = split_params(parent.params)[0]
+    new = [s for s in standard if any(k not in parent.params or parent.params[k] != v for k, v in s.items())]
+    variants = variant_params(parent, len(new) + 1, random.Random(0), standard)
+    assert len(variants) == len(new) + 1
+    for params, setting in zip(variants, new, strict=False):
+        assert params == {**student, **setting}  # complete: the sampler has nothing left to turn it off
+        recipe = digits.sample(FixedTrial({**parent.params, **params}))
+        assert "quantize" in [step.type for step in recipe.steps]
+    assert len([k for k in variants[-1] if k not in student]) == 1  # then the pinned kind
