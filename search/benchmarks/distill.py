@@ -159,7 +159,8 @@ def _choices(raw: str, allowed: tuple[str, ...] | dict, flag: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> str:
-    from search.benchmarks.minilm import int8_dynamic, int8_features
+    from hardware.environment import int8_features
+    from search.benchmarks.minilm import int8_dynamic
 
     students = _choices(args.students, STUDENTS, "--students")
     methods = _choices(args.methods, METHODS, "--methods")

@@ -224,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown workload or method {bad}; workloads: {sorted(WORKLOADS)}, methods: {list(METHODS)}")
     budgets = _budgets(args.trials, workloads)
 
-    from hardware.environment import environment
-    from search.benchmarks.minilm import int8_features
+    from hardware.environment import environment, int8_features
     from search.driver import default_storage
 
     results_dir = Path(args.results_dir).resolve()

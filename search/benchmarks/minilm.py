@@ -256,16 +256,6 @@ def _plot(points: list[Point], path: Path) -> None:
     plt.close(fig)
 
 
-def int8_features() -> str:
-    """The CPU flags that decide int8 speed (VNNI dot products, AMX tiles), from /proc/cpuinfo."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags.split()]
-    return ", ".join(found) or "none of avx2/avx512/vnni/amx"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="spaces/minilm_sts.yaml")
@@ -277,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=5)
     args = parser.parse_args(argv)
 
-    from hardware.environment import environment
+    from hardware.environment import environment, int8_features
     from search.space import load_space
     from search.tasks import TASKS
 
