@@ -74,8 +74,8 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
                 result = study_sensitivity(space, task, model, Path(cache_dir).parent.parent,
                                            students.identity(model) if students else None)
             else:
-                # ("eval", recipe, workdir[, rejection spec]): search/rejection.py, None = no proxy
-                recipe_json, workdir, rejection = message[1], message[2], (message[3:] or (None,))[0]
+                # ("eval", recipe, workdir, rejection spec): search/rejection.py, None = no proxy
+                _, recipe_json, workdir, rejection = message
                 result = evaluate_recipe(space, task, model, Recipe.from_json(recipe_json), Path(workdir),
                                          students, rejection)
             conn.send(("ok", result))
