@@ -82,7 +82,7 @@ def test_a_figure_is_the_median_of_several_fresh_processes(mlp: Path, fast_profi
     timing = time_onnx(mlp, profile, QUERY, replace(profile.measure, processes=3))
     p50s = timing.host["process_p50_ms"]
     assert timing.host["processes"] == 3 and len(p50s) == 3 and p50s == sorted(p50s)
-    assert timing.latency.p50_ms == pytest.approx(p50s[1], rel=1e-6)  # the middle one, whole
+    assert round(timing.latency.p50_ms, 6) == p50s[1]  # the middle one, whole (the list is rounded to 6 places)
     assert timing.host["process_spread"] == pytest.approx(p50s[2] / p50s[0] - 1)
     assert 0 <= timing.host["processes_contended"] <= 3
 

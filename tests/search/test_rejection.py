@@ -89,7 +89,9 @@ def test_time_saved_is_the_rejected_count_times_the_skipped_phases() -> None:
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory: pytest.TempPathFactory) -> DigitsTask:
-    return DigitsTask({"hidden": 32, "epochs": 4, "seed": 0}, tmp_path_factory.mktemp("models"))
+    # 20 epochs: a baseline near 0.9, so binary weights lose far more than the limit on any CPU (at 4 epochs the
+    # baseline was near 0.5 and binary sometimes lost only 0.1, within the proxy's limit)
+    return DigitsTask({"hidden": 32, "epochs": 20, "seed": 0}, tmp_path_factory.mktemp("models"))
 
 
 def torch_predict(model: torch.nn.Module):
@@ -118,7 +120,7 @@ def test_digits_proxy_is_the_accuracy_on_half_the_selection_split(task: DigitsTa
 def write_space(tmp_path: Path, name: str, reject_early: bool = True) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": name, "task": {"name": "digits", "options": {"hidden": 32, "epochs": 4}},
+        "name": name, "task": {"name": "digits", "options": {"hidden": 32, "epochs": 20}},
         "hardware": {"profiles": ["ort-cpu"]}, "constraints": {"max_quality_drop": 0.02}, "sampler": "random",
         "guide": {"anchors": False, "reject_early": reject_early},
         "techniques": {"quantize": {"bits": ["fp32", "int8", "binary"], "activations": "dynamic",
