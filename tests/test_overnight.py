@@ -56,7 +56,7 @@ def mlflow_children(tracking_uri: str, experiment: str) -> list:
 @pytest.mark.slow
 def test_each_failure_kind_is_recorded_and_the_study_finishes(tmp_path: Path, capsys) -> None:
     space = space_file(tmp_path, "faults", "ok,crash,memory,nan,timeout", trials=6,
-                       trial_timeout="45s", trial_memory="1500MB")
+                       trial_timeout="25s", trial_memory="1500MB")
     args = ["run", str(space), "--results-dir", str(tmp_path / "r"), "--seed", "0", "--quiet", "--no-remeasure"]
     assert main(args) == 0
     trials = show(tmp_path / "r", "faults", capsys)["trials"]
@@ -65,7 +65,7 @@ def test_each_failure_kind_is_recorded_and_the_study_finishes(tmp_path: Path, ca
     assert reasons[0].startswith("crashed:") and "SIGABRT" in reasons[0], reasons[0]
     assert reasons[1].startswith("out of memory:") and "limit of 1431 MiB" in reasons[1], reasons[1]
     assert reasons[2].startswith("not a number:"), reasons[2]
-    assert reasons[3].startswith("timed out:") and "45 s" in reasons[3], reasons[3]
+    assert reasons[3].startswith("timed out:") and "25 s" in reasons[3], reasons[3]
     children = mlflow_children(f"sqlite:///{tmp_path / 'r' / 'mlflow.db'}", "faults")
     assert sorted(int(r.data.tags["compsearch.trial"]) for r in children) == list(range(6))
     assert {r.info.status for r in children} == {"FINISHED", "FAILED"}

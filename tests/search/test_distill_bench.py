@@ -31,12 +31,13 @@ def test_a_tiny_run_measures_every_split_on_the_artifacts(tmp_path: Path) -> Non
     assert main(["--students", "keep5", "--methods", "new", "--epochs", "1", "--sentences", "8", "--max-pairs", "8",
                  "--sts-dir", str(STS_DIR), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
     rows = list(csv.DictReader((out / "distill.csv").open()))
-    assert [r["name"] for r in rows] == ["teacher fp32", "teacher int8 dynamic", "keep5 new + int8 dynamic"]
+    assert [r["name"] for r in rows] == ["teacher fp32", "teacher int8 dynamic per-channel",
+                                            "keep5 new + int8 dynamic per-channel"]
     student = rows[-1]
     assert float(student["minutes_per_epoch"]) > 0
     for split in ("selection", "report", "heldout"):
         assert float(rows[0][f"{split}_drop"]) == 0.0
         assert -30 < float(student[f"{split}_drop"]) < 30  # a real Spearman on 8 pairs per file: noisy, finite
     assert "sts2016-plagiarism" in rows[0] and "sts2014-tweet-news" in rows[0]
-    assert "| keep5 new + int8 dynamic |" in (out / "distill.md").read_text()
+    assert "| keep5 new + int8 dynamic per-channel |" in (out / "distill.md").read_text()
     assert list((tmp_path / "cache" / "teacher").rglob("*-h.pt"))  # teacher targets cached with hidden states

@@ -41,7 +41,7 @@ def run_small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old_lock = os.environ.get(LOCK_VAR)
     os.environ[LOCK_VAR] = str(results / "measure.lock")
     try:
-        assert main(["run", str(path), "--study", STUDY, "--trials", "4", "--seed", "0", "--quiet",
+        assert main(["run", str(path), "--study", STUDY, "--trials", "4", "--seed", "0", "--quiet", "--no-remeasure",
                      "--results-dir", str(results)]) == 0
     finally:
         if old_lock is None:

@@ -79,7 +79,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(FIXTURES / "report_task.py", root / "report_task.py")
     (root / "splits.yaml").write_text(yaml.safe_dump(SPACE))
     results = root / "results"
-    assert main(["run", str(root / "splits.yaml"), "--results-dir", str(results), "--seed", "0", "--quiet"]) == 0
+    assert main(["run", str(root / "splits.yaml"), "--results-dir", str(results), "--seed", "0", "--quiet",
+                 "--no-remeasure"]) == 0
     return results
 
 

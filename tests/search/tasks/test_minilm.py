@@ -135,7 +135,8 @@ def test_two_trials_end_to_end(tmp_path: Path, capsys, monkeypatch: pytest.Monke
     space = tmp_path / "minilm.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     results = tmp_path / "results"
-    assert main(["run", str(space), "--trials", "2", "--results-dir", str(results), "--seed", "0", "--quiet"]) == 0
+    assert main(["run", str(space), "--trials", "2", "--results-dir", str(results), "--seed", "0", "--quiet",
+                 "--no-remeasure"]) == 0
     capsys.readouterr()
     assert main(["show", "minilm-e2e", "--json", "--results-dir", str(results)]) == 0
     view = json.loads(capsys.readouterr().out)

@@ -83,7 +83,8 @@ def test_cli_validate_says_what_is_wrong_with_exit_status_2(folder: Path, capsys
 def test_user_task_runs_a_study_end_to_end(folder: Path, capsys) -> None:
     path = write_space(folder, "user_task.py:make_task")
     results = folder / "results"
-    assert main(["run", str(path), "--trials", "2", "--results-dir", str(results), "--seed", "0", "--quiet"]) == 0
+    assert main(["run", str(path), "--trials", "2", "--results-dir", str(results), "--seed", "0", "--quiet",
+                 "--no-remeasure"]) == 0
     capsys.readouterr()
     assert main(["show", "user-task", "--json", "--results-dir", str(results)]) == 0
     view = json.loads(capsys.readouterr().out)
