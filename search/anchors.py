@@ -22,12 +22,15 @@ if TYPE_CHECKING:
 def study_anchors(space: SearchSpace) -> list[Anchor]:
     """The space's anchors, most useful first, each as the complete params of one trial.
 
-    Each technique's anchors run alone: every other technique of the space gets its `off_params`.
+    Each technique's anchors run alone: every other technique of the space gets its `off_params`;
+    except that a cut (a student technique: pruning, factorization) runs with the first anchor of a
+    technique that `recovers` it (distillation) when the space has one, as a cut is used in practice.
     Round robin over the techniques (quantization's first), so a short budget still gets each
     technique's best anchor; anchors that give the same recipe, or no compression, are dropped."""
     techniques = sorted(space.techniques, key=lambda t: REGISTRY.named(t.name).anchor_priority)
     own = {t.name: REGISTRY.named(t.name).anchors(t) for t in techniques}
     off = {t.name: REGISTRY.named(t.name).off_params(t) for t in techniques}
+    recovery = next((own[t.name][0] for t in techniques if REGISTRY.named(t.name).recovers and own[t.name]), None)
     out: list[Anchor] = []
     seen: set[str] = set()
     for rank in range(max((len(a) for a in own.values()), default=0)):
@@ -36,6 +39,10 @@ def study_anchors(space: SearchSpace) -> list[Anchor]:
                 continue
             anchor = own[tech.name][rank]
             wanted = {k: v for name, params in off.items() if name != tech.name for k, v in params.items()}
+            technique = REGISTRY.named(tech.name)
+            if recovery is not None and technique.student and not technique.recovers:
+                wanted.update(recovery.params)
+                anchor = Anchor(f"{anchor.label} + {recovery.label}", anchor.params)
             wanted.update(anchor.params)
             trial = FixedTrial(wanted)
             with warnings.catch_warnings():

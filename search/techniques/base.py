@@ -220,6 +220,10 @@ class Technique(ABC):
       `Anchor`s (a label and the Optuna params `sample` would read for them); a study runs them
       right after the baseline (search/guide.py). Default none.
       `anchor_priority` orders techniques' anchors (quantization's are cheap and strong: 0).
+      `recovers`: this technique trains a cut student back (distillation). When the space has one,
+      the anchors of the other student techniques (the cuts: pruning, factorization) run with its
+      first anchor: a cut model is never used without recovery training, and an undistilled cut
+      only tells the study what it already knows (it loses too much, and is rejected early).
     - `off_params(space)`: the params under which `sample` leaves the technique out (or, when the
       space cannot leave it out, takes its mildest setting): what another technique's anchor
       runs beside. Default none (a technique whose sample draws nothing).
@@ -241,6 +245,7 @@ class Technique(ABC):
     graph_order: ClassVar[int | None] = None
     student: ClassVar[bool] = False
     anchor_priority: ClassVar[int] = 1  # whose anchors a study runs first (lower first)
+    recovers: ClassVar[bool] = False  # trains a cut student back: the cuts' anchors run with it
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:  # noqa: B027 - optional hook
         """Raise SpaceError if the space asks for something this technique cannot do."""

@@ -113,6 +113,7 @@ class Distill(Technique):
     # Distillation recovers what the cuts before it cost, before weights are shared and quantized.
     order = 40
     student = True
+    recovers = True  # the cuts' anchors run with its first anchor (search/anchors.py)
 
     def sample(self, trial: optuna.Trial, space: TechniqueSpace,
                context: SampleContext | None = None) -> DistillConfig | None:

@@ -91,17 +91,20 @@ class TransformerPrune(Technique):
         return None if config == TransformerPruneConfig() else config
 
     def anchors(self, space: TechniqueSpace) -> list[Anchor]:
-        # One cut at a time, the mildest the space lists: FFN neurons, else heads, else one layer fewer.
+        # One cut at a time, the mildest the space lists: FFN neurons (else heads), then one layer fewer:
+        # the two usual ways to a smaller encoder, each about a sixth less compute at their mildest.
         dims, off = space.dims, self.off_params(space)
+        out = []
         for key, label in (("ffn_ratio", "ffn"), ("heads_ratio", "heads")):
             value = pick.mild(dims[key])
             if value is not None:
-                return [Anchor(f"transformer_prune {label} {value:g}", {**off, f"transformer_prune.{key}": value})]
+                out.append(Anchor(f"transformer_prune {label} {value:g}", {**off, f"transformer_prune.{key}": value}))
+                break
         kept = [k for k in pick.values(dims["keep_layers"]) if k > 0]
         if kept:
-            return [Anchor(f"transformer_prune keep {max(kept)} layers",
-                           {**off, "transformer_prune.keep_layers": max(kept)})]
-        return []
+            out.append(Anchor(f"transformer_prune keep {max(kept)} layers",
+                              {**off, "transformer_prune.keep_layers": max(kept)}))
+        return out
 
     def off_params(self, space: TechniqueSpace) -> dict:
         dims = space.dims

