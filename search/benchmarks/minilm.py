@@ -26,10 +26,7 @@ the issue measured 1.26x. Compare the ratios of one run, never across machines.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import io
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.artifact import MODEL_FILE
-from search.benchmarks.baselines import expert_baselines
+from search.benchmarks.baselines import expert_baselines, quiet_ort
 
 GOAL_SPEED = (2.0, 0.5)  # (x faster, max drop)
 GOAL_SIZE = (8.0, 1.0)   # (x smaller, max drop)
@@ -73,23 +70,11 @@ def session(path: Path, threads: int = 2):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-@contextlib.contextmanager
-def _quiet():
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(old)
-
-
 def int8_dynamic(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if not out.exists():
-        with _quiet():
+        with quiet_ort():
             quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
     return out
 
@@ -103,7 +88,7 @@ def int4_nbits(fp32: Path, out: Path) -> Path:
         # (same bytes), so the benchmark does not claim an int4-Gather alternative.
         ops = ("MatMul",)
         config = RTNWeightOnlyQuantConfig(op_types_to_quantize=ops)
-        with _quiet():
+        with quiet_ort():
             quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=4, block_size=32, is_symmetric=False,
                                              op_types_to_quantize=ops, algo_config=config)
             quantizer.process()
