@@ -9,11 +9,13 @@ A guided study (the default) does not leave the first trials to chance:
   budget; with a budget smaller than baseline + anchors the most useful ones run.
 - `reuse_students`: quantization variants of a promising new student are tried before another
   student is trained (search/students.py holds the cache; search/reuse.py queues the variants).
+- `train_longer`: a promising cut student (pruned, layers removed) that distillation trained back also
+  runs once with that training twice as long (search/reuse.py).
 - `reject_early`: a trial whose cheap proxy score clearly misses the quality constraint stops
   before its full evaluation and latency measurement (search/rejection.py).
 
-`guide: {anchors: false, reuse_students: false, reject_early: false}` is plain sampling with the
-space's sampler.
+`guide: {anchors: false, reuse_students: false, train_longer: false, reject_early: false}` is plain
+sampling with the space's sampler.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and 
                            help=f"try this many quantization/sharing variants of a promising cached student before "
                                 f"training a new one (true = {DEFAULT_VARIANTS}); false: plain sampling over the "
                                 "joint space"),
+    "train_longer": Rule("bool", default=True,
+                         help="follow a promising cut student (pruned, layers removed) that distillation trained back "
+                              "by the same recipe trained twice as long (distillation's epochs)"),
     "reject_early": Rule("bool", default=True,
                          help="stop a trial whose cheap proxy quality clearly misses the constraint, before its full "
                               "evaluation and latency measurement"),
@@ -56,9 +61,10 @@ GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and 
 class Guide:
     anchors: bool = True
     reuse_students: int = DEFAULT_VARIANTS  # variants per promising student; 0 = off
+    train_longer: bool = True  # a promising cut student's follow-up with longer distillation
     reject_early: bool = True
 
     @classmethod
     def from_validated(cls, values: dict[str, Any]) -> Guide:
         return cls(anchors=values["anchors"], reuse_students=values["reuse_students"],
-                   reject_early=values["reject_early"])
+                   train_longer=values["train_longer"], reject_early=values["reject_early"])

@@ -51,8 +51,9 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     attrs: dict[str, object] = {"retry_of": trial.number}
     if trial.user_attrs.get("baseline"):
         attrs["baseline"] = True
-    if trial.user_attrs.get("variant_of") is not None:  # still a variant of its parent's student (reuse.py)
-        attrs["variant_of"] = trial.user_attrs["variant_of"]
+    for key in ("variant_of", "longer_of"):  # still a variant / follow-up of its parent's student (reuse.py)
+        if trial.user_attrs.get(key) is not None:
+            attrs[key] = trial.user_attrs[key]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 

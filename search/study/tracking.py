@@ -185,6 +185,8 @@ class Tracker:
             tags["anchor"] = view.anchor[:TAG_MAX]
         if view.variant_of is not None:
             tags["variant_of"] = str(view.variant_of)
+        if view.longer_of is not None:
+            tags["longer_of"] = str(view.longer_of)
         if view.rejected:
             tags["rejected"] = "true"
         if view.failure_reason:

@@ -224,6 +224,8 @@ class Technique(ABC):
       the anchors of the other student techniques (the cuts: pruning, factorization) run with its
       first anchor: a cut model is never used without recovery training, and an undistilled cut
       only tells the study what it already knows (it loses too much, and is rejected early).
+      `training_length`: the setting of a recovering technique that trains longer (distillation's
+      `epochs`): a promising cut student gets one follow-up trained twice as long (search/reuse.py).
     - `off_params(space)`: the params under which `sample` leaves the technique out (or, when the
       space cannot leave it out, takes its mildest setting): what another technique's anchor
       runs beside. Default none (a technique whose sample draws nothing).
@@ -246,6 +248,7 @@ class Technique(ABC):
     student: ClassVar[bool] = False
     anchor_priority: ClassVar[int] = 1  # whose anchors a study runs first (lower first)
     recovers: ClassVar[bool] = False  # trains a cut student back: the cuts' anchors run with it
+    training_length: ClassVar[str | None] = None  # a recovering technique's setting that trains longer
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:  # noqa: B027 - optional hook
         """Raise SpaceError if the space asks for something this technique cannot do."""

@@ -114,6 +114,7 @@ class Distill(Technique):
     order = 40
     student = True
     recovers = True  # the cuts' anchors run with its first anchor (search/anchors.py)
+    training_length = "epochs"  # a promising cut student is also trained twice as long (search/reuse.py)
 
     def sample(self, trial: optuna.Trial, space: TechniqueSpace,
                context: SampleContext | None = None) -> DistillConfig | None:

@@ -210,3 +210,57 @@ def test_first_variants_take_the_standard_quantization_the_parent_did_not_use(di
         recipe = digits.sample(FixedTrial({**parent.params, **params}))
         assert "quantize" in [step.type for step in recipe.steps]
     assert len([k for k in variants[-1] if k not in student]) == 1  # then the pinned kind
+
+
+def _parent(space, **params) -> optuna.trial.FrozenTrial:
+    """A complete trial of `space` with `params` (the rest drawn at random, seeded)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(params)
+    trial = study.ask()
+    space.sample(trial)
+    study.tell(trial, 1.0)
+    return study.trials[0]
+
+
+def test_a_cut_students_follow_up_trains_it_twice_as_long(digits) -> None:
+    from search.reuse import longer_params, standard_settings
+
+    bits = {f"quantize.bits.net.{i}": "int8" for i in (0, 2, 4)}
+    parent = _parent(digits, **{"prune.ratio": 0.5, "distill.epochs": 2, **bits})
+    params = longer_params(parent, digits)
+    assert params is not None and params["distill.epochs"] == 4  # 0..10 in spaces/digits.yaml
+    assert {k: v for k, v in params.items() if k != "distill.epochs"} == {
+        k: v for k, v in parent.params.items() if k != "distill.epochs"}  # the parent's quantization kept
+    assert longer_params(_parent(digits, **{"prune.ratio": 0.5, "distill.epochs": 7}), digits)["distill.epochs"] == 10
+    assert longer_params(_parent(digits, **{"prune.ratio": 0.5, "distill.epochs": 10}), digits) is None  # longest
+    assert longer_params(_parent(digits, **{"prune.ratio": 0.0, "distill.epochs": 2}), digits) is None  # no cut
+    assert longer_params(_parent(digits, **{"prune.ratio": 0.5, "distill.epochs": 0}), digits) is None  # no recovery
+    # A student alone (nothing quantized) comes back with the space's first standard quantization: int8
+    alone = _parent(digits, **{"prune.ratio": 0.5, "distill.epochs": 2, **dict.fromkeys(bits, "fp32")})
+    assert [s.type for s in digits.sample(FixedTrial(alone.params)).steps] == ["prune", "distill"]
+    params = longer_params(alone, digits)
+    assert params == {**split_params(params)[0], **standard_settings(digits)[0]}
+    assert [s.type for s in digits.sample(FixedTrial(params)).steps] == ["prune", "distill", "quantize"]
+
+
+def test_a_follow_up_is_queued_once_within_the_budget_and_not_followed_up(digits, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from search.reuse import LONGER_ATTR, enqueue_longer
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = _study_with_parent(digits, tmp_path, drop=0.03)  # prune 0.5 + distill 2: a promising cut student
+    parent = study.trials[0]
+    assert not enqueue_longer(study, parent, digits, budget=1, storage=storage)  # no budget left
+    assert not enqueue_longer(study, parent, replace(digits, guide=Guide(train_longer=False)), 10, storage)
+    assert enqueue_longer(study, parent, digits, budget=10, storage=storage)
+    assert not enqueue_longer(study, parent, digits, budget=10, storage=storage)  # once
+    (waiting,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert waiting.user_attrs == {LONGER_ATTR: 0} and waiting.system_attrs["fixed_params"]["distill.epochs"] == 4
+    follow_up = optuna.trial.create_trial(
+        params=parent.params, distributions=parent.distributions, values=[0.9, 1.0, 100.0],
+        user_attrs={"quality_drop": 0.0, "student_cached": "miss", LONGER_ATTR: 0})
+    assert not enqueue_longer(study, follow_up, digits, budget=10, storage=storage)  # no chain
+    (tmp_path / "weak").mkdir()
+    weak = _study_with_parent(digits, tmp_path / "weak", drop=0.05)  # over 2x the allowed drop
+    assert not enqueue_longer(weak, weak.trials[0], digits, budget=10, storage=f"sqlite:///{tmp_path}/weak/optuna.db")
