@@ -132,6 +132,11 @@ def test_a_retried_variant_stays_a_variant(digits, tmp_path: Path) -> None:
     retry_trial(study, study.trials[1])
     (retry,) = _variants(study)
     assert retry.user_attrs == {VARIANT_ATTR: 0, "retry_of": 1}
+    # A follow-up trained longer stays one too (so it is not followed up again)
+    study.add_trial(optuna.trial.create_trial(params=parent.params, distributions=parent.distributions,
+                                              state=TrialState.FAIL, user_attrs={"longer_of": 0}))
+    retry_trial(study, study.trials[-1])
+    assert study.get_trials(deepcopy=False)[-1].user_attrs == {"longer_of": 0, "retry_of": 3}
 
 
 @pytest.mark.parametrize(("drop", "attrs", "guide"), [
