@@ -323,9 +323,8 @@ class StudyView:
 
     def guide_summary(self) -> dict[str, Any]:
         """What guiding did: anchors run, student variants, follow-ups trained longer and cache hits
-        (search/reuse.py), trials
-        rejected early and the time that saved (estimated from the phases completed trials spent after
-        the proxy: see search/rejection.py)."""
+        (search/reuse.py), trials rejected early and the time that saved (estimated from the phases
+        completed trials spent after the proxy: see search/rejection.py)."""
         anchors = {t.number for t in self.trials if t.anchor}
         variants = {t.number for t in self.trials if t.variant_of is not None and t.state != "WAITING"}
         longer = {t.number for t in self.trials if t.longer_of is not None and t.state != "WAITING"}
