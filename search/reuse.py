@@ -29,8 +29,8 @@ A promising parent whose student was cut (pruned, factorized, layers removed) an
 recovering technique (distillation) also gets one follow-up, queued after its variants: the same recipe
 with that training twice as long (`Technique.training_length`: distillation's `epochs`; or the longest
 the space allows when twice is beyond it), and the parent's quantization, or the space's first standard
-setting when the parent quantized nothing (`longer_params`; `guide: {train_longer: false}` turns it off). Why: the sampler rarely draws
-the same cut twice with more training, and a cut is where more training pays: on MiniLM a 5-of-6-layer
+setting when the parent quantized nothing (`longer_params`; `guide: {train_longer: false}` turns it off).
+Why: the sampler rarely draws the same cut twice with more training, and a cut is where more training pays: on MiniLM a 5-of-6-layer
 student + int8 distilled 1 epoch lost 0.19 on the selection split and 1.01 on the held-out
 sts2012-SMTnews; distilled 2 epochs (its follow-up), it gained 0.08 and lost 0.66 there, as fast.
 A follow-up is marked `longer_of` and is not followed up again; it uses the budget like any trial.
@@ -208,8 +208,8 @@ def longer_params(parent: FrozenTrial, space: SearchSpace) -> dict[str, Any] | N
     """The complete params of `parent`'s follow-up: its cut student's recovery training twice as long
     (the recovering technique's `training_length`: the smallest allowed value at least twice the parent's,
     else the longest allowed), with the parent's other params, or the space's first standard setting
-    (`standard_settings`: int8 per-channel) when the parent quantized nothing. None when nothing was cut, nothing recovers it, or the training is
-    already the longest the space allows."""
+    (`standard_settings`: int8 per-channel) when the parent quantized nothing. None when nothing was
+    cut, nothing recovers it, or the training is already the longest the space allows."""
     techniques = [REGISTRY.named(step.type) for step in space.sample(FixedTrial(parent.params)).steps]
     if not any(t.student and not t.recovers for t in techniques):
         return None  # nothing cut: nothing for longer training to win back
