@@ -30,9 +30,10 @@ recovering technique (distillation) also gets one follow-up, queued after its va
 with that training twice as long (`Technique.training_length`: distillation's `epochs`; or the longest
 the space allows when twice is beyond it), and the parent's quantization, or the space's first standard
 setting when the parent quantized nothing (`longer_params`; `guide: {train_longer: false}` turns it off).
-Why: the sampler rarely draws the same cut twice with more training, and a cut is where more training pays: on MiniLM a 5-of-6-layer
-student + int8 distilled 1 epoch lost 0.19 on the selection split and 1.01 on the held-out
-sts2012-SMTnews; distilled 2 epochs (its follow-up), it gained 0.08 and lost 0.66 there, as fast.
+Why: the sampler rarely draws the same cut twice with more training, and a cut is where more
+training pays: on MiniLM a 5-of-6-layer student + int8 distilled 1 epoch lost 0.19 on the selection
+split and 1.01 on the held-out sts2012-SMTnews; distilled 2 epochs (its follow-up), it gained 0.08 and
+lost 0.66 there, as fast.
 A follow-up is marked `longer_of` and is not followed up again; it uses the budget like any trial.
 
 Variants are marked `variant_of` (the parent's number). The budget holds: at most the budget
