@@ -182,6 +182,12 @@ def variant_params(parent: FrozenTrial, n: int, rng: random.Random,
     return out
 
 
+def _budget_left(trials: Sequence[FrozenTrial], budget: int) -> int:
+    """Trials the budget still allows beyond those already used and those already queued (read under
+    the budget lock, so two workers cannot both take the last one)."""
+    return budget - budget_used(trials) - sum(1 for t in trials if t.state == TrialState.WAITING)
+
+
 def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, budget: int,
                      storage: str) -> int:
     """Enqueue `space.guide.reuse_students` variants of `parent` if it wants them (`wants_variants`), as many
@@ -195,8 +201,7 @@ def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpac
         if any(t.number in parents and t.user_attrs.get("student_key") == parent.user_attrs.get("student_key")
                for t in trials):
             return 0  # this student's variants were queued before (after this trial or another with it)
-        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-        left = budget - budget_used(trials) - waiting
+        left = _budget_left(trials, budget)
         # Seeded by the study and the parent: a rerun of the same study pins the same params.
         rng = random.Random(f"{study.study_name}:{parent.number}")
         variants = variant_params(parent, max(0, min(wanted, left)), rng, standard_settings(space))
@@ -247,8 +252,7 @@ def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace,
         if any(split_params(t.params)[0] == student for t in trials if t.state != TrialState.WAITING) or any(
                 t.user_attrs.get(LONGER_ATTR) == parent.number for t in trials):
             return False  # that student was trained already, or this follow-up is queued
-        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-        if budget - budget_used(trials) - waiting < 1:
+        if _budget_left(trials, budget) < 1:
             return False
         study.enqueue_trial(params, user_attrs={LONGER_ATTR: parent.number})
     return True

@@ -26,14 +26,19 @@ def digits(tmp_path_factory: pytest.TempPathFactory):
     return load_space(ROOT / "spaces" / "digits.yaml", tmp_path_factory.mktemp("models"))
 
 
-def _sampled(space, seed: int = 0) -> optuna.trial.FrozenTrial:
-    """One trial of `space` sampled at random, with the prune ratio and distillation drawn nonzero."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    study.enqueue_trial({"prune.ratio": 0.5, "distill.epochs": 2})
+def _parent(space, **params) -> optuna.trial.FrozenTrial:
+    """A complete trial of `space` with `params` (the rest drawn at random, seeded)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(params)
     trial = study.ask()
     space.sample(trial)
     study.tell(trial, 1.0)
     return study.trials[0]
+
+
+def _sampled(space) -> optuna.trial.FrozenTrial:
+    """One trial of `space` sampled at random, with the prune ratio and distillation drawn nonzero."""
+    return _parent(space, **{"prune.ratio": 0.5, "distill.epochs": 2})
 
 
 def test_student_params_are_the_student_techniques_and_fix_the_student_prefix(digits) -> None:
@@ -215,16 +220,6 @@ def test_first_variants_take_the_standard_quantization_the_parent_did_not_use(di
         recipe = digits.sample(FixedTrial({**parent.params, **params}))
         assert "quantize" in [step.type for step in recipe.steps]
     assert len([k for k in variants[-1] if k not in student]) == 1  # then the pinned kind
-
-
-def _parent(space, **params) -> optuna.trial.FrozenTrial:
-    """A complete trial of `space` with `params` (the rest drawn at random, seeded)."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial(params)
-    trial = study.ask()
-    space.sample(trial)
-    study.tell(trial, 1.0)
-    return study.trials[0]
 
 
 def test_a_cut_students_follow_up_trains_it_twice_as_long(digits) -> None:
