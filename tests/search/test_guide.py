@@ -57,12 +57,18 @@ def test_int4_and_embedding_anchors_take_the_most_accurate_listed_settings() -> 
                             calibration=["minmax", "entropy"])
     anchors = quantize_anchors(space)
     assert [a.label for a in anchors] == ["quantize int8 dynamic per-channel + embeddings int8",
-                                          "quantize int4 block 32 + embeddings int4"]
+                                          "quantize int4 block 32 + embeddings int4",
+                                          "quantize int4 block 128 + embeddings int4"]
     technique = REGISTRY.named("quantize")
-    int8, int4 = (technique.sample(FixedTrial(a.params), space) for a in anchors)
+    int8, int4, compact = (technique.sample(FixedTrial(a.params), space) for a in anchors)
     assert dict(int8.layer_bits) == {"enc.0": "int8", "enc.1": "int8", "enc.2": "int8"}  # the group too
     assert (int8.activations, int8.per_channel, int8.embedding_bits, int8.block_size) == ("dynamic", True, "int8", 32)
     assert set(int4.layer_bits.values()) == {"int4"} and (int4.embedding_bits, int4.block_size) == ("int4", 32)
+    # The size one-liner: the same at the largest block (fewest scales); none when one block size is listed.
+    assert set(compact.layer_bits.values()) == {"int4"}
+    assert (compact.embedding_bits, compact.block_size) == ("int4", 128)
+    one_block = _quantize_space(bits=["fp32", "int4"], block_size=[32])
+    assert [a.label for a in quantize_anchors(one_block)] == ["quantize int4 block 32"]
     assert "quantize.bits.group.attn" in anchors[0].params
 
 
@@ -92,7 +98,7 @@ def _write(tmp_path: Path, guide: object) -> Path:
 
 
 def test_guide_defaults_and_values(tmp_path: Path) -> None:
-    default = Guide(anchors=True, reuse_students=2, train_longer=True, reject_early=True)
+    default = Guide(anchors=True, reuse_students=3, train_longer=True, reject_early=True)
     assert load_space(ROOT / "spaces" / "digits.yaml", tmp_path).guide == default
     space = load_space(_write(tmp_path, {"anchors": False, "reuse_students": 5, "train_longer": False,
                                          "reject_early": False}), tmp_path)
@@ -129,4 +135,5 @@ def test_minilm_cuts_are_distilled_one_layer_fewer_then_ffn(tmp_path: Path) -> N
     assert labels == ["quantize int8 dynamic per-channel + embeddings int8",
                       "transformer_prune keep 5 layers + distill 1 epoch(s)", "distill 1 epoch(s)",
                       "quantize int4 block 32 + embeddings int4",
-                      "transformer_prune ffn 0.25 + distill 1 epoch(s)"]
+                      "transformer_prune ffn 0.25 + distill 1 epoch(s)",
+                      "quantize int4 block 128 + embeddings int4"]

@@ -104,7 +104,7 @@ def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp
     assert enqueue_variants(study, parent, digits, budget=2, storage=storage) == 1  # 1 used, 1 left
     assert enqueue_variants(study, parent, digits, budget=10, storage=storage) == 0  # once per parent
     # A later trial with the same student (a cache hit) gets none either: its variants ran; another gets some
-    for key, n in (("k", 0), ("k2", 2)):
+    for key, n in (("k", 0), ("k2", digits.guide.reuse_students)):
         study.add_trial(optuna.trial.create_trial(
             params=parent.params, distributions=parent.distributions, values=[0.9, 1.0, 100.0],
             user_attrs={"quality_drop": 0.0, "student_cached": "hit", "student_key": key}))
