@@ -1,0 +1,40 @@
+"""The MiniLM benchmark's table: out-of-sample drops per point and the line that compares the fastest
+search point with the fastest expert baseline where neither was chosen (no model needed: points with
+given figures and files of given sizes)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from search.benchmarks.minilm import Point, out_of_sample, write
+
+
+def _point(tmp_path: Path, name: str, method: str, quality: float, report: float, held: tuple[float, float],
+           ms: float, size: int, expert: bool = False) -> Point:
+    path = tmp_path / f"{name.replace(' ', '_')}.onnx"
+    path.write_bytes(b"\0" * size)
+    return Point(name, method, path, quality=quality, expert=expert, report=report, samples_ms=[ms] * 3,
+                 report_files={"sts2016-plagiarism": report, "heldout:a": held[0], "heldout:b": held[1]})
+
+
+def test_out_of_sample_drops_are_the_report_mean_and_the_held_out_mean_and_worst(tmp_path: Path) -> None:
+    base = _point(tmp_path, "fp32", "fp32", 75.0, 80.0, (70.0, 60.0), 100.0, 1000)
+    p = _point(tmp_path, "cut", "search", 74.8, 79.0, (71.0, 59.2), 50.0, 250)
+    assert out_of_sample(p, base) == {"report_drop": 1.0, "heldout_drop": -0.1, "heldout_worst_drop": 0.8}
+    # A space without a report split: not a number, not zero.
+    bare = Point("x", "search", p.path, quality=74.8)
+    assert all(math.isnan(v) for v in out_of_sample(bare, base).values())
+
+
+def test_table_names_the_fastest_search_and_expert_points_out_of_sample(tmp_path: Path) -> None:
+    points = [_point(tmp_path, "fp32", "fp32", 75.0, 80.0, (70.0, 60.0), 100.0, 1000),
+              _point(tmp_path, "expert int8", "expert", 74.9, 79.9, (69.9, 59.9), 60.0, 250, expert=True),
+              _point(tmp_path, "search #3", "search", 74.7, 79.5, (70.5, 59.0), 50.0, 240),
+              _point(tmp_path, "search #4", "search", 73.0, 78.0, (68.0, 58.0), 30.0, 200)]  # 2.0 drop: too much
+    text = write(points, tmp_path / "out", {"cpu": "test"})
+    assert "report_drop | heldout_drop | heldout_worst_drop" in text
+    assert "- search, search #3: selection 0.3, report 0.5, held-out mean 0.25, worst held-out file 1.0" in text
+    assert "- best expert, expert int8: selection 0.1, report 0.1, held-out mean 0.1, worst held-out file 0.1" in text
+    csv_header = (tmp_path / "out" / "minilm.csv").read_text().splitlines()[0]
+    assert "heldout_worst_drop" in csv_header and "expert" in csv_header
