@@ -6,7 +6,17 @@ import optuna
 import pytest
 import yaml
 
-from search.benchmarks.efficiency import METHODS, WORKLOADS, Run, hypervolume_curve, mean_curve, method_space, reach
+from search.benchmarks.efficiency import (
+    METHODS,
+    WORKLOADS,
+    Run,
+    _mean_curve_lines,
+    curve_reach,
+    hypervolume_curve,
+    mean_curve,
+    method_space,
+    reach,
+)
 from search.space import load_space
 from search.study.view import CONSTRAINT_KEY, DIRECTIONS
 
@@ -49,6 +59,20 @@ def test_mean_curve_holds_a_short_runs_last_value():
     a = Run("d", "tpe", 0, trials=[1, 2, 3], seconds=[1, 2, 3], hv=[0.0, 0.2, 0.4])
     b = Run("d", "tpe", 1, trials=[1, 2], seconds=[1, 2], hv=[0.0, 0.6])
     assert mean_curve([a, b], 3) == pytest.approx([0.0, 0.4, 0.5])
+
+
+def test_mean_curves_target_the_best_methods_final_mean():
+    curves = {"random": [0.1, 0.1, 0.2, 0.2, 0.3, 0.3], "tpe": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+              "guided": [0.1, 0.6, 0.7, 0.8, 0.9, 1.0]}
+    assert curve_reach(curves["tpe"], 0.9) is None and curve_reach(curves["guided"], 0.9) == 5
+    text = "\n".join(_mean_curve_lines(curves, 6))
+    # 90% of guided's final 1.0: guided at trial 5, TPE never within 6 - which cannot show "a third".
+    assert "(guided, 1.0000): random not within 6, tpe not within 6, guided 5." in text
+    assert "a third or more not shown" in text
+    curves["guided"] = [0.95] * 6
+    curves["tpe"] = [0.1, 0.2, 0.3, 0.4, 0.9, 0.95]
+    text = "\n".join(_mean_curve_lines(curves, 6))
+    assert "guided needs 0.20 of plain TPE's trials (within a third)" in text
 
 
 def test_methods_differ_only_in_sampler_guide_and_assignment():
