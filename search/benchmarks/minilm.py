@@ -249,7 +249,7 @@ def _out_of_sample_lines(rows: list[dict]) -> list[str]:
                          ("best expert", [r for r in rows if r["expert"]])):
         within = [r for r in group if r["drop"] <= GOAL_SPEED[1]]
         if within:
-            r = min(within, key=lambda r: r["p50_ms"])
+            r = min(within, key=lambda r: (r["p50_ms"], r["drop"]))  # equally fast (to 0.1 ms): the better one
             lines.append(f"- {label}, {r['name']}: selection {r['drop']}, report {r['report_drop']}, held-out "
                          f"mean {r['heldout_drop']}, worst held-out file {r['heldout_worst_drop']}")
     return [*lines, ""]

@@ -30,6 +30,7 @@ def test_out_of_sample_drops_are_the_report_mean_and_the_held_out_mean_and_worst
 def test_table_names_the_fastest_search_and_expert_points_out_of_sample(tmp_path: Path) -> None:
     points = [_point(tmp_path, "fp32", "fp32", 75.0, 80.0, (70.0, 60.0), 100.0, 1000),
               _point(tmp_path, "expert int8", "expert", 74.9, 79.9, (69.9, 59.9), 60.0, 250, expert=True),
+              _point(tmp_path, "search #2", "search", 74.6, 79.5, (70.5, 59.0), 50.0, 240),  # as fast, worse
               _point(tmp_path, "search #3", "search", 74.7, 79.5, (70.5, 59.0), 50.0, 240),
               _point(tmp_path, "search #4", "search", 73.0, 78.0, (68.0, 58.0), 30.0, 200)]  # 2.0 drop: too much
     text = write(points, tmp_path / "out", {"cpu": "test"})
