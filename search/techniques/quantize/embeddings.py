@@ -46,18 +46,24 @@ def block_quantize(table: np.ndarray, bits: int, block: int) -> tuple[np.ndarray
     padded[:, :dim] = table
     w = padded.reshape(rows, blocks, block)
     qmax = (1 << (bits - 1)) - 1  # codes - zero point in [-qmax - 1, qmax]
-    amax = np.maximum(np.abs(w).max(axis=2), 1e-12)
+    amax = np.abs(w).max(axis=2)
     best_err = np.full(amax.shape, np.inf, np.float32)
-    best_scale = amax / qmax
+    best_scale = _as_stored(amax / qmax)
     for ratio in _CLIP_RATIOS:
         # The scale is stored in fp16: choose it as stored, so the error is the deployed one.
-        scale = (amax * ratio / qmax).astype(np.float16).astype(np.float32)
+        scale = _as_stored(amax * ratio / qmax)
         q = np.clip(np.round(w / scale[:, :, None]), -qmax - 1, qmax)
         err = ((q * scale[:, :, None] - w) ** 2).sum(axis=2)
         better = err < best_err
         best_err[better], best_scale[better] = err[better], scale[better]
     codes = np.clip(np.round(w / best_scale[:, :, None]), -qmax - 1, qmax) + (1 << (bits - 1))
     return codes.reshape(rows, -1)[:, :dim].astype(np.uint8), best_scale.astype(np.float16)
+
+
+def _as_stored(scale: np.ndarray) -> np.ndarray:
+    """`scale` as its fp16 copy reads back, never below fp16's smallest positive value: an all-zero
+    block (or one below fp16's range) would otherwise get scale 0 and codes of 0 / 0."""
+    return np.maximum(scale.astype(np.float16).astype(np.float32), np.float32(2.0 ** -24))
 
 
 def block_dequantize(codes: np.ndarray, scales: np.ndarray, bits: int, block: int) -> np.ndarray:

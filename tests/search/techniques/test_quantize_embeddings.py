@@ -150,3 +150,18 @@ def test_activation_and_block_knobs_are_sampled_only_where_they_apply(tmp_path: 
             seen.add(config.activations)
         study.tell(trial, 0.0)
     assert seen == {"static", "dynamic"}
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_zero_and_tiny_rows_quantize_without_dividing_by_zero(bits: int) -> None:
+    # A padding row of zeros and one below fp16's range: scales stay positive, the rows read back
+    # as (nearly) what they were, and numpy never divides 0 by 0.
+    table = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    table[1] = 0.0
+    table[2] = 1e-9
+    with np.errstate(divide="raise", invalid="raise"):
+        codes, scales = block_quantize(table, bits, 32)
+    assert (scales.astype(np.float32) > 0).all()
+    back = block_dequantize(codes, scales, bits, 32)
+    assert np.abs(back[1]).max() == 0.0 and np.abs(back[2]).max() < 1e-6
+    assert np.abs(back[0] - table[0]).max() < np.abs(table[0]).max()  # a normal row is still coded
