@@ -68,7 +68,7 @@ def quantize_anchors(space: TechniqueSpace) -> list[Anchor]:
         if bits == "int4":
             # The size one-liner beside the accurate one: MatMulNBits (and the embeddings) at the largest
             # block, as the smallest expert baseline is built. One fp32 scale per 32 weights is 1 bit in 5;
-            # per 128, 1 in 17: on all-MiniLM-L6-v2 that is 7.5x smaller than fp32 instead of about 6.3x.
+            # per 128, 1 in 17: all-MiniLM-L6-v2 became 7.5x smaller than fp32 instead of 6.6x (measured).
             compact = {**uniform_params(space, bits), **settings_params(space, bits, embedding, compact=True)}
             if compact != params:
                 anchors.append(Anchor(_label(bits, compact), compact))
