@@ -25,15 +25,18 @@ from typing import Any
 
 from hardware.schema import Rule
 
-# Quantization variants per promising student when `reuse_students: true`: one per standard quantization of a
-# space like MiniLM's (int8, int4 at the smallest block, int4 at the largest), which a cached student makes cheap.
-DEFAULT_VARIANTS = 3
+# `reuse_students: true`: a promising student gets one variant per standard quantization of the space that
+# it did not use (its quantize anchors: int8, int4 at the smallest and at the largest block), at least one.
+# Those are what an expert tries first; further variants only pin a random param: on digits (one standard
+# setting) three variants per student left the sampler 1 of 16 trials (README, "Student reuse").
+STANDARD_VARIANTS = None
+
 MAX_VARIANTS = 50
 
 
-def _variants(raw: object) -> int:
+def _variants(raw: object) -> int | None:
     if isinstance(raw, bool):
-        return DEFAULT_VARIANTS if raw else 0
+        return STANDARD_VARIANTS if raw else 0
     if isinstance(raw, int) and 0 <= raw <= MAX_VARIANTS:
         return raw
     raise ValueError(f"must be true, false or a number of variants per student in [0, {MAX_VARIANTS}], "
@@ -47,9 +50,9 @@ GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and 
                          "its usual setting; quantization first) before sampling"),
     "reuse_students": Rule("variants", default=True, parse=_variants,
                            text=f"true, false, or a number in [0, {MAX_VARIANTS}]",
-                           help=f"try this many quantization/sharing variants of a promising cached student before "
-                                f"training a new one (true = {DEFAULT_VARIANTS}); false: plain sampling over the "
-                                "joint space"),
+                           help="try this many quantization/sharing variants of a promising cached student before "
+                                "training a new one (true = one per standard quantization of the space that the "
+                                "student did not use, at least one); false: plain sampling over the joint space"),
     "train_longer": Rule("bool", default=True,
                          help="follow a promising cut student (pruned, layers removed) that distillation trained back "
                               "by the same recipe trained twice as long (distillation's epochs)"),
@@ -62,9 +65,18 @@ GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and 
 @dataclass(frozen=True)
 class Guide:
     anchors: bool = True
-    reuse_students: int = DEFAULT_VARIANTS  # variants per promising student; 0 = off
+    reuse_students: int | None = STANDARD_VARIANTS  # variants per promising student; None = `true`; 0 = off
     train_longer: bool = True  # a promising cut student's follow-up with longer distillation
     reject_early: bool = True
+
+    @property
+    def reuses_students(self) -> bool:
+        return self.reuse_students != 0
+
+    def variants_for(self, standard_unused: int) -> int:
+        """How many variants a promising student gets: the number the space sets, or (`true`) one per
+        standard setting the student did not use, at least one."""
+        return max(1, standard_unused) if self.reuse_students is STANDARD_VARIANTS else self.reuse_students
 
     @classmethod
     def from_validated(cls, values: dict[str, Any]) -> Guide:

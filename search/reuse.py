@@ -155,6 +155,13 @@ def standard_settings(space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
+def unused_standard(parent: FrozenTrial, standard: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `standard` settings (`standard_settings`) that differ from `parent`'s own."""
+    others = split_params(parent.params)[1]
+    return [setting for setting in standard
+            if any(k not in others or not _same(others[k], v) for k, v in setting.items())]
+
+
 def variant_params(parent: FrozenTrial, n: int, rng: random.Random,
                    standard: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The partial params of `n` variants of `parent`: its student params, then first each of the
@@ -164,8 +171,7 @@ def variant_params(parent: FrozenTrial, n: int, rng: random.Random,
     parent and from its siblings whatever the sampler draws for the rest. [] when no param outside the
     student can change: the space allows no variant."""
     student, others = split_params(parent.params)
-    fixed = [{**student, **setting} for setting in standard
-             if any(k not in others or not _same(others[k], v) for k, v in setting.items())][:n]
+    fixed = [{**student, **setting} for setting in unused_standard(parent, standard)][:n]
     n -= len(fixed)
     candidates = [k for k in others if _other_value(parent.distributions[k], [others[k]], rng) is not None]
     if not candidates or n <= 0:
@@ -190,11 +196,12 @@ def _budget_left(trials: Sequence[FrozenTrial], budget: int) -> int:
 
 def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, budget: int,
                      storage: str) -> int:
-    """Enqueue `space.guide.reuse_students` variants of `parent` if it wants them (`wants_variants`), as many
-    as the budget allows; returns how many were enqueued."""
-    wanted = space.guide.reuse_students
-    if wanted <= 0 or not wants_variants(parent, space.max_quality_drop):
+    """Enqueue `space.guide.variants_for(...)` variants of `parent` if it wants them (`wants_variants`), as
+    many as the budget allows; returns how many were enqueued."""
+    if not space.guide.reuses_students or not wants_variants(parent, space.max_quality_drop):
         return 0
+    standard = standard_settings(space)
+    wanted = space.guide.variants_for(len(unused_standard(parent, standard)))
     with budget_lock(storage, study.study_name):
         trials = study.get_trials(deepcopy=False)
         parents = {t.user_attrs.get(VARIANT_ATTR) for t in trials}
@@ -204,7 +211,7 @@ def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpac
         left = _budget_left(trials, budget)
         # Seeded by the study and the parent: a rerun of the same study pins the same params.
         rng = random.Random(f"{study.study_name}:{parent.number}")
-        variants = variant_params(parent, max(0, min(wanted, left)), rng, standard_settings(space))
+        variants = variant_params(parent, max(0, min(wanted, left)), rng, standard)
         for params in variants:
             study.enqueue_trial(params, user_attrs={VARIANT_ATTR: parent.number})
     return len(variants)

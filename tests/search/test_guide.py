@@ -98,7 +98,7 @@ def _write(tmp_path: Path, guide: object) -> Path:
 
 
 def test_guide_defaults_and_values(tmp_path: Path) -> None:
-    default = Guide(anchors=True, reuse_students=3, train_longer=True, reject_early=True)
+    default = Guide(anchors=True, reuse_students=None, train_longer=True, reject_early=True)  # None: `true`
     assert load_space(ROOT / "spaces" / "digits.yaml", tmp_path).guide == default
     space = load_space(_write(tmp_path, {"anchors": False, "reuse_students": 5, "train_longer": False,
                                          "reject_early": False}), tmp_path)

@@ -104,7 +104,7 @@ def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp
     assert enqueue_variants(study, parent, digits, budget=2, storage=storage) == 1  # 1 used, 1 left
     assert enqueue_variants(study, parent, digits, budget=10, storage=storage) == 0  # once per parent
     # A later trial with the same student (a cache hit) gets none either: its variants ran; another gets some
-    for key, n in (("k", 0), ("k2", digits.guide.reuse_students)):
+    for key, n in (("k", 0), ("k2", 1)):  # `true`: digits has one standard quantization (int8), at least one
         study.add_trial(optuna.trial.create_trial(
             params=parent.params, distributions=parent.distributions, values=[0.9, 1.0, 100.0],
             user_attrs={"quality_drop": 0.0, "student_cached": "hit", "student_key": key}))
@@ -220,6 +220,26 @@ def test_first_variants_take_the_standard_quantization_the_parent_did_not_use(di
         recipe = digits.sample(FixedTrial({**parent.params, **params}))
         assert "quantize" in [step.type for step in recipe.steps]
     assert len([k for k in variants[-1] if k not in student]) == 1  # then the pinned kind
+
+
+def test_true_means_one_variant_per_standard_setting_the_student_did_not_use(digits, tmp_path: Path) -> None:
+    from search.reuse import standard_settings, unused_standard
+
+    assert Guide().variants_for(3) == 3 and Guide().variants_for(0) == 1  # at least one
+    assert Guide(reuse_students=2).variants_for(3) == 2 and not Guide(reuse_students=0).reuses_students
+    # A student with nothing quantized: digits' one standard setting (int8) is unused, so one variant, int8.
+    bits = {f"quantize.bits.net.{i}": "fp32" for i in (0, 2, 4)}
+    parent = _parent(digits, **{"prune.ratio": 0.5, "distill.epochs": 2, **bits})
+    assert len(unused_standard(parent, standard_settings(digits))) == 1
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(
+        params=parent.params, distributions=parent.distributions, values=[0.9, 1.0, 100.0],
+        user_attrs={"quality_drop": 0.0, "student_cached": "miss", "student_key": "k"}))
+    assert enqueue_variants(study, study.trials[0], digits, budget=10, storage=storage) == 1
+    (variant,) = _variants(study)
+    fixed = variant.system_attrs["fixed_params"]
+    assert {k: v for k, v in fixed.items() if k.startswith("quantize.")} == standard_settings(digits)[0]
 
 
 def test_a_cut_students_follow_up_trains_it_twice_as_long(digits) -> None:
