@@ -230,9 +230,8 @@ def write(points: list[Point], out: Path, context: dict[str, str]) -> str:
     lines += ["", f"Goal 2x faster at <= 0.5 drop: {met['goal_2x_0.5']}",
               f"Goal 8x smaller at <= 1.0 drop: {met['goal_8x_1.0']}", ""]
     lines += _out_of_sample_lines(rows)
-    lines += [
-              "Latency on a shared host moves with other processes: the rounds are interleaved so that "
-              "ratios stay comparable, but absolute milliseconds are only as quiet as the host was."]
+    lines.append("Latency on a shared host moves with other processes: the rounds are interleaved so that "
+                 "ratios stay comparable, but absolute milliseconds are only as quiet as the host was.")
     text = "\n".join(lines) + "\n"
     (out / "minilm.md").write_text(text)
     return text
