@@ -10,8 +10,9 @@ completes that
 - completed, or was rejected early by its proxy (search/rejection.py),
 - and is promising: its quality drop is within PROMISING x the allowed drop,
 
-`guide.reuse_students` variants of it are enqueued at once (they run before the sampler draws
-a new student). A variant fixes the Optuna params of the student techniques to the parent's,
+variants of it are enqueued at once (they run before the sampler draws a new student): as many as
+`guide.reuse_students` says, or with `true` one per standard setting the parent did not use, at
+least one (`Guide.variants_for`). A variant fixes the Optuna params of the student techniques to the parent's,
 so its student prefix, and its cache key, are the parent's: it loads the student instead of
 training it. The first variants take the space's standard quantization/sharing settings (the
 anchors of those techniques: int8 per-channel, int4, ...) that the parent did not use; further ones
