@@ -11,10 +11,13 @@ A guided study (the default) does not leave the first trials to chance:
   student is trained (search/students.py holds the cache; search/reuse.py queues the variants).
 - `train_longer`: a promising cut student (pruned, layers removed) that distillation trained back also
   runs once with that training twice as long (search/reuse.py).
+- `push_cuts`: a cut anchor that leaves at least half the allowed drop to spare runs again with the cut
+  pushed halfway to the hardest the space allows, and again while that still leaves quality to spare
+  (search/push.py).
 - `reject_early`: a trial whose cheap proxy score clearly misses the quality constraint stops
   before its full evaluation and latency measurement (search/rejection.py).
 
-`guide: {anchors: false, reuse_students: false, train_longer: false, reject_early: false}` is plain
+`guide: {anchors: false, reuse_students: false, train_longer: false, push_cuts: false, reject_early: false}` is plain
 sampling with the space's sampler.
 """
 
@@ -56,6 +59,10 @@ GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and 
     "train_longer": Rule("bool", default=True,
                          help="follow a promising cut student (pruned, layers removed) that distillation trained back "
                               "by the same recipe trained twice as long (distillation's epochs)"),
+    "push_cuts": Rule("bool", default=True,
+                      help="run a cut anchor that leaves at least half the allowed quality drop to spare again with "
+                           "the cut pushed halfway to the hardest the space allows (pruning ratio, layers kept), "
+                           "while that still leaves quality to spare"),
     "reject_early": Rule("bool", default=True,
                          help="stop a trial whose cheap proxy quality clearly misses the constraint, before its full "
                               "evaluation and latency measurement"),
@@ -67,6 +74,7 @@ class Guide:
     anchors: bool = True
     reuse_students: int | None = STANDARD_VARIANTS  # variants per promising student; None = `true`; 0 = off
     train_longer: bool = True  # a promising cut student's follow-up with longer distillation
+    push_cuts: bool = True  # a cut anchor with quality to spare runs again cut harder (search/push.py)
     reject_early: bool = True
 
     @property
@@ -81,4 +89,5 @@ class Guide:
     @classmethod
     def from_validated(cls, values: dict[str, Any]) -> Guide:
         return cls(anchors=values["anchors"], reuse_students=values["reuse_students"],
-                   train_longer=values["train_longer"], reject_early=values["reject_early"])
+                   train_longer=values["train_longer"], push_cuts=values["push_cuts"],
+                   reject_early=values["reject_early"])

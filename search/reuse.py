@@ -101,7 +101,7 @@ def wants_variants(trial: FrozenTrial, max_quality_drop: float) -> bool:
     return is_promising(trial, max_quality_drop)
 
 
-def _grid(dist: BaseDistribution) -> list[Any] | None:
+def value_grid(dist: BaseDistribution) -> list[Any] | None:
     """Every value of a finite distribution (None for a continuous or a very large one)."""
     if isinstance(dist, CategoricalDistribution):
         return list(dist.choices)
@@ -122,7 +122,7 @@ def _same(a: Any, b: Any) -> bool:
 def _other_value(dist: BaseDistribution, taken: list[Any], rng: random.Random) -> Any:
     """A value of `dist` not in `taken` (the parent's first, then earlier variants' pins); when all are
     taken, one other than the parent's (taken[0]); None when `dist` has no other value."""
-    grid = _grid(dist)
+    grid = value_grid(dist)
     if grid is not None:
         for avoid in (taken, taken[:1]):
             free = [v for v in grid if not any(_same(v, t) for t in avoid)]
@@ -189,7 +189,7 @@ def variant_params(parent: FrozenTrial, n: int, rng: random.Random,
     return out
 
 
-def _budget_left(trials: Sequence[FrozenTrial], budget: int) -> int:
+def budget_left(trials: Sequence[FrozenTrial], budget: int) -> int:
     """Trials the budget still allows beyond those already used and those already queued (read under
     the budget lock, so two workers cannot both take the last one)."""
     return budget - budget_used(trials) - sum(1 for t in trials if t.state == TrialState.WAITING)
@@ -209,7 +209,7 @@ def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpac
         if any(t.number in parents and t.user_attrs.get("student_key") == parent.user_attrs.get("student_key")
                for t in trials):
             return 0  # this student's variants were queued before (after this trial or another with it)
-        left = _budget_left(trials, budget)
+        left = budget_left(trials, budget)
         # Seeded by the study and the parent: a rerun of the same study pins the same params.
         rng = random.Random(f"{study.study_name}:{parent.number}")
         variants = variant_params(parent, max(0, min(wanted, left)), rng, standard)
@@ -231,16 +231,23 @@ def longer_params(parent: FrozenTrial, space: SearchSpace) -> dict[str, Any] | N
         if not (technique.recovers and technique.training_length):
             continue
         name = f"{technique.name}.{technique.training_length}"
-        grid = _grid(parent.distributions[name]) if name in parent.distributions else None
+        grid = value_grid(parent.distributions[name]) if name in parent.distributions else None
         longer = [v for v in grid or [] if v > parent.params[name]]
         if not longer:
             return None
         doubled = [v for v in longer if v >= 2 * parent.params[name]]
-        student, others = split_params({**parent.params, name: min(doubled) if doubled else max(longer)})
-        if len(techniques) == sum(t.student for t in techniques):  # the parent is its student alone
-            others = next(iter(standard_settings(space)), others)
-        return {**student, **others}
+        return quantized({**parent.params, name: min(doubled) if doubled else max(longer)}, techniques, space)
     return None
+
+
+def quantized(params: dict[str, Any], techniques: Sequence[Any], space: SearchSpace) -> dict[str, Any]:
+    """`params` as they are, or, when their recipe (`techniques`) is a student alone (nothing quantized or
+    shared), its student params with the space's first standard setting (`standard_settings`: int8
+    per-channel): a follow-up of an unquantized anchor is then itself a candidate for the front."""
+    student, others = split_params(params)
+    if len(techniques) == sum(t.student for t in techniques):
+        others = next(iter(standard_settings(space)), others)
+    return {**student, **others}
 
 
 def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, budget: int, storage: str) -> bool:
@@ -260,7 +267,7 @@ def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace,
         if any(split_params(t.params)[0] == student for t in trials if t.state != TrialState.WAITING) or any(
                 t.user_attrs.get(LONGER_ATTR) == parent.number for t in trials):
             return False  # that student was trained already, or this follow-up is queued
-        if _budget_left(trials, budget) < 1:
+        if budget_left(trials, budget) < 1:
             return False
         study.enqueue_trial(params, user_attrs={LONGER_ATTR: parent.number})
     return True
@@ -268,8 +275,10 @@ def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace,
 
 def after_trial(space: SearchSpace, budget: int, storage: str,
                 say: Callable[[str], None]) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """The driver's callback after each finished trial: enqueue its variants and its follow-up trained
-    longer, and say so."""
+    """The driver's callback after each finished trial: enqueue its variants, its follow-up trained
+    longer and its cut pushed harder (search/push.py), in that order, and say so."""
+    from search.push import enqueue_push  # push.py builds on this module
+
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         drop = trial.user_attrs.get("quality_drop", float("nan"))
         n = enqueue_variants(study, trial, space, budget, storage)
@@ -279,12 +288,18 @@ def after_trial(space: SearchSpace, budget: int, storage: str,
         if enqueue_longer(study, trial, space, budget, storage):
             say(f"trial {trial.number}'s cut student is promising (quality drop {drop:.4g}): a follow-up queued "
                 f"that trains it twice as long")
+        if enqueue_push(study, trial, space, budget, storage):
+            say(f"trial {trial.number}'s cut leaves quality to spare (quality drop {drop:.4g}): the same recipe queued "
+                f"with the cut pushed harder")
     return callback
 
 
-def variant_label(variant_of: int | None, student: dict[str, Any] | None, longer_of: int | None = None) -> str:
+def variant_label(variant_of: int | None, student: dict[str, Any] | None, longer_of: int | None = None,
+                  pushed_from: int | None = None) -> str:
     """How progress lines and reports name a variant: "variant of trial 4's student (cached)", or a
-    follow-up: "trial 2's student trained longer"."""
+    follow-up: "trial 2's student trained longer", "trial 2's cut pushed harder"."""
+    if pushed_from is not None:
+        return f"trial {pushed_from}'s cut pushed harder"
     if longer_of is not None:
         return f"trial {longer_of}'s student trained longer"
     if variant_of is None:

@@ -47,7 +47,8 @@ def method_space(base_file: str, method: str) -> dict:
     data = yaml.safe_load(Path(base_file).read_text())
     guided = method == "guided"
     data["sampler"] = "random" if method == "random" else "tpe"
-    data["guide"] = {"anchors": guided, "reuse_students": guided, "train_longer": guided, "reject_early": guided}
+    data["guide"] = {"anchors": guided, "reuse_students": guided, "train_longer": guided, "push_cuts": guided,
+                     "reject_early": guided}
     quantize = (data.get("techniques") or {}).get("quantize")
     if isinstance(quantize, dict):
         quantize["assign"] = "sensitivity" if guided else "per_layer"

@@ -187,6 +187,8 @@ class Tracker:
             tags["variant_of"] = str(view.variant_of)
         if view.longer_of is not None:
             tags["longer_of"] = str(view.longer_of)
+        if view.pushed_from is not None:
+            tags["pushed_from"] = str(view.pushed_from)
         if view.rejected:
             tags["rejected"] = "true"
         if view.failure_reason:

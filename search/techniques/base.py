@@ -226,6 +226,9 @@ class Technique(ABC):
       only tells the study what it already knows (it loses too much, and is rejected early).
       `training_length`: the setting of a recovering technique that trains longer (distillation's
       `epochs`): a promising cut student gets one follow-up trained twice as long (search/reuse.py).
+      `severity`: a cut's searchable keys that cut harder, and which way (`"up"`: a larger value
+      removes more, e.g. a pruning ratio; `"down"`: a smaller non-zero value, e.g. layers kept; 0 is
+      off for both): a cut anchor that leaves quality to spare is pushed further (search/push.py).
     - `off_params(space)`: the params under which `sample` leaves the technique out (or, when the
       space cannot leave it out, takes its mildest setting): what another technique's anchor
       runs beside. Default none (a technique whose sample draws nothing).
@@ -249,6 +252,7 @@ class Technique(ABC):
     anchor_priority: ClassVar[int] = 1  # whose anchors a study runs first (lower first)
     recovers: ClassVar[bool] = False  # trains a cut student back: the cuts' anchors run with it
     training_length: ClassVar[str | None] = None  # a recovering technique's setting that trains longer
+    severity: ClassVar[dict[str, str]] = {}  # a cut's keys that cut harder: "up" or "down" (0 = off)
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:  # noqa: B027 - optional hook
         """Raise SpaceError if the space asks for something this technique cannot do."""

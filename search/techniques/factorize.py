@@ -145,6 +145,7 @@ class Factorize(Technique):
     conditions = {c: f"factorize.by is {c}; 0 = not used" for c in CRITERIA}
     order = 20
     student = True
+    severity = {"rank_ratio": "down", "energy": "down", "rank": "down"}  # less rank kept cuts more
 
     def check(self, file: str, key: str, space: TechniqueSpace) -> None:
         """Some criterion is given, and a fixed rank fits every matched layer."""

@@ -74,6 +74,7 @@ class Prune(Technique):
     conditions = {"scope": "structure is unstructured and ratio > 0"}
     order = 30
     student = True
+    severity = {"ratio": "up"}  # a cut that leaves quality to spare is pushed further (search/push.py)
 
     def sample(self, trial: optuna.Trial, space: TechniqueSpace,
                context: SampleContext | None = None) -> PruneConfig | None:

@@ -79,6 +79,7 @@ class TransformerPrune(Technique):
     # Whole-structure cuts first: the per-matrix techniques then work on what is left.
     order = 10
     student = True
+    severity = {"keep_layers": "down", "ffn_ratio": "up", "heads_ratio": "up"}  # search/push.py
 
     def sample(self, trial: optuna.Trial, space: TechniqueSpace,
                context: SampleContext | None = None) -> TransformerPruneConfig | None:

@@ -98,11 +98,13 @@ def _write(tmp_path: Path, guide: object) -> Path:
 
 
 def test_guide_defaults_and_values(tmp_path: Path) -> None:
-    default = Guide(anchors=True, reuse_students=None, train_longer=True, reject_early=True)  # None: `true`
+    default = Guide(anchors=True, reuse_students=None, train_longer=True, push_cuts=True,
+                    reject_early=True)  # None: `true`
     assert load_space(ROOT / "spaces" / "digits.yaml", tmp_path).guide == default
     space = load_space(_write(tmp_path, {"anchors": False, "reuse_students": 5, "train_longer": False,
-                                         "reject_early": False}), tmp_path)
-    assert space.guide == Guide(anchors=False, reuse_students=5, train_longer=False, reject_early=False)
+                                         "push_cuts": False, "reject_early": False}), tmp_path)
+    assert space.guide == Guide(anchors=False, reuse_students=5, train_longer=False, push_cuts=False,
+                                reject_early=False)
     assert load_space(_write(tmp_path, {"reuse_students": False}), tmp_path).guide.reuse_students == 0
 
 
@@ -110,7 +112,7 @@ def test_guide_defaults_and_values(tmp_path: Path) -> None:
     ({"anchors": "yes"}, "guide.anchors: must be true or false"),
     ({"reuse_students": -1}, "guide.reuse_students: must be true, false or a number of variants per student"),
     ({"reject_erly": True}, "guide.reject_erly: unknown key; allowed: 'anchors', 'reuse_students', 'train_longer', "
-                            "'reject_early' (did you mean 'reject_early'?)"),
+                            "'push_cuts', 'reject_early' (did you mean 'reject_early'?)"),
     ("on", "guide: must be a mapping"),
 ])
 def test_guide_errors_are_one_line_exit_2(tmp_path: Path, capsys, guide: object, message: str) -> None:

@@ -1,0 +1,101 @@
+"""Pushing a cut with quality to spare (search/push.py): the next harder cut, when a trial is pushed,
+and the queue."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FixedTrial, TrialState
+
+from search.guide import Guide
+from search.push import PUSHED_ATTR, enqueue_push, harder, push_params, wants_push
+from search.reuse import split_params, standard_settings
+from search.space import load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory):
+    return load_space(ROOT / "spaces" / "digits.yaml", tmp_path_factory.mktemp("models"))
+
+
+def _trial(space, drop: float | None, state=TrialState.COMPLETE, **attrs_and_params) -> optuna.trial.FrozenTrial:
+    """A trial of `space` with the given params (the rest drawn at random, seeded) and user attrs."""
+    params = {k: v for k, v in attrs_and_params.items() if "." in k}
+    attrs = {k: v for k, v in attrs_and_params.items() if "." not in k}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(params)
+    trial = study.ask()
+    space.sample(trial)
+    study.tell(trial, 1.0)
+    t = study.trials[0]
+    return optuna.trial.create_trial(
+        state=state, params=t.params, distributions=t.distributions,
+        values=[0.9, 1.0, 100.0] if state == TrialState.COMPLETE else None,
+        user_attrs={**({} if drop is None else {"quality_drop": drop}), **attrs})
+
+
+def test_the_next_cut_is_halfway_to_the_hardest_on_the_grid() -> None:
+    ratio = FloatDistribution(0.0, 0.9, step=0.05)
+    assert harder(ratio, 0.2, "up") == pytest.approx(0.55)
+    assert harder(ratio, 0.55, "up") == pytest.approx(0.7)  # 0.725 lies between 0.7 and 0.75: the milder
+    assert harder(ratio, 0.85, "up") == pytest.approx(0.9)  # at least one step
+    assert harder(ratio, 0.9, "up") is None and harder(ratio, 0.0, "up") is None  # the hardest; off
+    layers = CategoricalDistribution([0, 5, 4, 3])
+    assert harder(layers, 5, "down") == 4 and harder(layers, 4, "down") == 3 and harder(layers, 3, "down") is None
+    assert harder(layers, 0, "down") is None  # 0 keeps every layer: nothing cut to push
+    assert harder(IntDistribution(0, 64), 32, "down") == 17  # halfway to 1 (0 is off): 16.5, the milder
+    assert harder(FloatDistribution(0.0, 1.0), 0.5, "down") == pytest.approx(0.25)  # continuous: the midpoint
+
+
+def test_a_pushed_anchor_keeps_its_recipe_cut_harder_and_int8_when_it_quantized_nothing(digits) -> None:
+    bits = {f"quantize.bits.net.{i}": "fp32" for i in (0, 2, 4)}
+    anchor = _trial(digits, 0.0, anchor="prune", **{"prune.ratio": 0.2, "distill.epochs": 2, **bits})
+    params = push_params(anchor, digits)
+    assert params is not None and params["prune.ratio"] == pytest.approx(0.55)
+    student = split_params(params)[0]
+    assert {k: v for k, v in student.items() if k != "prune.ratio"} == {
+        k: v for k, v in split_params(anchor.params)[0].items() if k != "prune.ratio"}  # same distillation
+    assert {k: v for k, v in params.items() if k not in student} == standard_settings(digits)[0]
+    assert [s.type for s in digits.sample(FixedTrial(params)).steps] == ["prune", "distill", "quantize"]
+    # Quantized already: its quantization is kept
+    int8 = _trial(digits, 0.0, anchor="x", **{"prune.ratio": 0.2, "distill.epochs": 2, **dict.fromkeys(bits, "int8")})
+    assert split_params(push_params(int8, digits))[1] == split_params(int8.params)[1]
+    # Nothing cut, or cut the hardest already: no push
+    assert push_params(_trial(digits, 0.0, **{"prune.ratio": 0.0, "distill.epochs": 2}), digits) is None
+    assert push_params(_trial(digits, 0.0, **{"prune.ratio": 0.9, "distill.epochs": 2}), digits) is None
+
+
+def test_only_a_feasible_anchor_or_push_with_half_the_drop_to_spare_is_pushed(digits) -> None:
+    cut = {"prune.ratio": 0.2, "distill.epochs": 2}
+    assert wants_push(_trial(digits, 0.97 - 0.96, anchor="prune", **cut), 0.02)  # half spare (0.010000000000000009)
+    assert wants_push(_trial(digits, -0.01, **{PUSHED_ATTR: 3}, **cut), 0.02)  # a push is pushed again
+    assert not wants_push(_trial(digits, 0.011, anchor="prune", **cut), 0.02)  # less than half spare
+    assert not wants_push(_trial(digits, 0.0, **cut), 0.02)  # sampled: the sampler's to follow
+    assert not wants_push(_trial(digits, 0.0, TrialState.PRUNED, anchor="prune", rejected=True, **cut), 0.02)
+    assert not wants_push(_trial(digits, None, anchor="prune", **cut), 0.02)  # no drop recorded
+
+
+def test_a_push_is_queued_once_within_the_budget_and_switchable(digits, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
+    study.add_trial(_trial(digits, 0.0, anchor="prune", **{"prune.ratio": 0.2, "distill.epochs": 2}))
+    parent = study.trials[0]
+    assert not enqueue_push(study, parent, digits, budget=1, storage=storage)  # no budget left
+    assert not enqueue_push(study, parent, replace(digits, guide=Guide(push_cuts=False)), 10, storage)
+    assert enqueue_push(study, parent, digits, budget=10, storage=storage)
+    assert not enqueue_push(study, parent, digits, budget=10, storage=storage)  # once
+    (waiting,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert waiting.user_attrs == {PUSHED_ATTR: 0}
+    assert waiting.system_attrs["fixed_params"]["prune.ratio"] == pytest.approx(0.55)
+
+
+def test_a_push_is_named_in_progress_lines() -> None:
+    from search.reuse import variant_label
+
+    assert variant_label(None, None, None, 2) == "trial 2's cut pushed harder"
