@@ -28,8 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
-from search.recovery import budget_lock
-from search.reuse import budget_left, quantized, split_params, value_grid
+from search.reuse import enqueue_follow_up, quantized, value_grid
 from search.techniques import REGISTRY
 
 if TYPE_CHECKING:
@@ -93,15 +92,4 @@ def enqueue_push(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, b
     if not space.guide.push_cuts or not wants_push(parent, space.max_quality_drop):
         return False
     params = push_params(parent, space)
-    if params is None:
-        return False
-    student = split_params(params)[0]
-    with budget_lock(storage, study.study_name):
-        trials = study.get_trials(deepcopy=False)
-        if any(split_params(t.params)[0] == student for t in trials if t.state != TrialState.WAITING) or any(
-                t.user_attrs.get(PUSHED_ATTR) == parent.number for t in trials):
-            return False
-        if budget_left(trials, budget) < 1:
-            return False
-        study.enqueue_trial(params, user_attrs={PUSHED_ATTR: parent.number})
-    return True
+    return params is not None and enqueue_follow_up(study, parent, params, PUSHED_ATTR, budget, storage)

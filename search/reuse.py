@@ -259,17 +259,23 @@ def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace,
             or not is_promising(parent, space.max_quality_drop)):
         return False
     params = longer_params(parent, space)
-    if params is None:
-        return False
+    return params is not None and enqueue_follow_up(study, parent, params, LONGER_ATTR, budget, storage)
+
+
+def enqueue_follow_up(study: optuna.Study, parent: FrozenTrial, params: dict[str, Any], attr: str, budget: int,
+                      storage: str) -> bool:
+    """Enqueue `params` (a new student: trained longer, or cut harder) marked `attr` = the parent's number,
+    unless a trial of the study trained that student already or this follow-up is queued; within the budget
+    left after the trials already waiting, under the budget lock."""
     student = split_params(params)[0]
     with budget_lock(storage, study.study_name):
         trials = study.get_trials(deepcopy=False)
         if any(split_params(t.params)[0] == student for t in trials if t.state != TrialState.WAITING) or any(
-                t.user_attrs.get(LONGER_ATTR) == parent.number for t in trials):
-            return False  # that student was trained already, or this follow-up is queued
+                t.user_attrs.get(attr) == parent.number for t in trials):
+            return False
         if budget_left(trials, budget) < 1:
             return False
-        study.enqueue_trial(params, user_attrs={LONGER_ATTR: parent.number})
+        study.enqueue_trial(params, user_attrs={attr: parent.number})
     return True
 
 

@@ -340,15 +340,34 @@ class MiniLMSTSTask(Task):
         """Spearman x100 per file of `sets` (default: the evaluation files), `emb` row i embedding `sentences[i]`."""
         from scipy.stats import spearmanr
 
+        scores = {}
+        for stem, (cosine, gold) in self.pair_cosines(emb, sentences, sets).items():
+            rho = spearmanr(cosine, gold).statistic
+            scores[stem] = 100.0 * float(rho) if np.isfinite(rho) else 0.0
+        return scores
+
+    def pair_cosines(self, emb: np.ndarray, sentences: list[str] | None = None,
+                     sets: dict[str, list[tuple[float, str, str]]] | None = None) -> dict[str, tuple[np.ndarray,
+                                                                                             np.ndarray]]:
+        """Per file of `sets` (default: the evaluation files): the cosine of each pair's embeddings and its
+        gold score, `emb` row i embedding `sentences[i]` (what the Spearman is computed from; a benchmark
+        resamples the pairs to see how much a file's score could move by chance)."""
         index = {s: i for i, s in enumerate(self.eval_sentences if sentences is None else sentences)}
         norm = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        scores = {}
+        out = {}
         for stem, pairs in (self.eval_sets if sets is None else sets).items():
             a = norm[[index[p[1]] for p in pairs]]
             b = norm[[index[p[2]] for p in pairs]]
-            rho = spearmanr((a * b).sum(axis=1), [p[0] for p in pairs]).statistic
-            scores[stem] = 100.0 * float(rho) if np.isfinite(rho) else 0.0
-        return scores
+            out[stem] = ((a * b).sum(axis=1), np.array([p[0] for p in pairs]))
+        return out
+
+    def heldout_cosines(self, predict: Predict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """`pair_cosines` of the held-out files, embedded exactly as `evaluate_report` embeds them (int8 with
+        dynamic activation ranges depends on which sentences share a batch)."""
+        if not self.holdout_sets:
+            return {}
+        sentences = self._sorted_sentences(self.holdout_sets)
+        return self.pair_cosines(self.embed(predict, sentences), sentences, self.holdout_sets)
 
     def evaluate(self, predict: Predict) -> float:
         scores = self.spearman_per_set(self._embeddings(predict))
