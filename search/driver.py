@@ -30,6 +30,7 @@ from search import rejection
 from search.budget import counts as counts_on_budget
 from search.budget import used as budget_used
 from search.errors import UserError
+from search.hopeless import hopeless_before
 from search.options import RunOptions
 from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
@@ -148,6 +149,9 @@ class Objective:
             trial.set_user_attr("artifact_dir", cached.user_attrs.get("artifact_dir"))
         elif (again := rejection.rejected_before(trial.study, recipe.hash, trial.number)) is not None:
             result = again  # rejected before: rejected again without building it
+        elif not baseline and self.space.guide.reject_early and (
+                hopeless := hopeless_before(trial.study, recipe, trial.number)) is not None:
+            result = hopeless  # a student at least as hard as one that failed alone: not trained
         else:
             spec = rejection.trial_spec(trial.study.user_attrs, baseline, self.space.guide.reject_early)
             result = self.runner.evaluate(recipe.to_json(), workdir, spec)

@@ -6,6 +6,9 @@ driver records on the Optuna trial.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,15 @@ from hardware.base import Backend, Feeds
 from hardware.environment import environment
 from hardware.lock import compute_slot
 from hardware.profiles import make_backend
-from search.compress import finish
+from search.compress import finish, split_recipe
+from search.hopeless import ATTR as STUDENT_DROP
+from search.hopeless import cuts
 from search.recipe import Recipe
 from search.rejection import proxy_drop, verdict
 from search.space import SearchSpace
 from search.students import StudentCache, obtain_student
 from search.tasks.base import Task
+from search.techniques import CompressionState
 
 # A reduced-precision layer still running one of these float ops fell back to dequantize + fp32.
 FLOAT_OPS = ("Gemm", "MatMul", "Conv", "FusedGemm", "FusedMatMul", "FusedConv", "DequantizeLinear")
@@ -43,6 +49,9 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         # Who built a student: the study folder and trial folder this artifact goes to.
         state, student = obtain_student(model, recipe, task, 0, students, f"{workdir.parent.name}/{workdir.name}")
         phases["student"] = time.monotonic() - clock
+        # The student as trained, for its own proxy should this trial be rejected (finish replaces the model,
+        # never changes it in place, but records into the state's maps).
+        student_alone = _copy_state(state) if rejection and cuts(recipe) and split_recipe(recipe)[1].steps else None
         artifact = finish(state, recipe, workdir,
                           program=any(getattr(b, "needs_program", False) for b in backends.values()))
     artifact.save_records()
@@ -54,8 +63,13 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         if proxy is not None:
             phases["proxy"] = time.monotonic() - started
         if proxy is not None and (reason := verdict(proxy, rejection)) is not None:
+            result = {}
+            if cuts(recipe):  # how much its student alone loses: a hopeless one rejects harder cuts untrained
+                result[STUDENT_DROP] = proxy_drop(proxy, rejection) if student_alone is None else proxy_drop(
+                    score_student_alone(space, task, backends[space.objective_profile], student_alone, workdir,
+                                        phases), rejection)
             phases["total"] = time.monotonic() - clock
-            return {"rejected": reason, "proxy": proxy, "proxy_drop": proxy_drop(proxy, rejection),
+            return {**result, "rejected": reason, "proxy": proxy, "proxy_drop": proxy_drop(proxy, rejection),
                     "environment": environment(),  # the machine that scored the proxy
                     "student": None if student is None else student.as_attrs(),
                     "timings": {k: round(v, 2) for k, v in phases.items()}}
@@ -97,6 +111,27 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         "proxy": proxy,
         "proxy_drop": proxy_drop(proxy, rejection),  # beside the full drop: how well the proxy tracks it
     }
+
+
+def _copy_state(state: CompressionState) -> CompressionState:
+    """A copy of `state` that `finish` on the original leaves as it is (the model is shared: stages replace it)."""
+    return dataclasses.replace(state, notes=copy.deepcopy(state.notes), layer_bits=dict(state.layer_bits),
+                               learned=dict(state.learned), own_node=dict(state.own_node))
+
+
+def score_student_alone(space: SearchSpace, task: Task, backend: Backend, student: CompressionState, workdir: Path,
+                        phases: dict[str, float]) -> float | None:
+    """The proxy of the fp32 student exported without the recipe's later stages (in workdir/student-alone)."""
+    started = time.monotonic()
+    folder = workdir / "student-alone"
+    with compute_slot():
+        artifact = finish(student, Recipe(), folder)
+    try:
+        proxy = score_proxy(task, backend, artifact)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # scored once: the trial's artifact is its own
+    phases["student_proxy"] = time.monotonic() - started
+    return proxy
 
 
 def score_proxy(task: Task, backend: Backend, artifact: Artifact) -> float | None:

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 import optuna
 
+from search import hopeless
 from search.study.view import CONSTRAINT_KEY
 
 MARGIN = 1.5
@@ -92,7 +93,7 @@ def tell_rejected(trial: optuna.Trial, result: dict[str, Any], max_quality_drop:
 
     Its `quality_drop` is the proxy's (the full evaluation never ran: `rejected` says so), and its
     constraint the proxy drop's excess over the allowed drop, so TPE counts it infeasible."""
-    for key in ("timings", "proxy", "proxy_drop", "environment", "cached_from"):
+    for key in ("timings", "proxy", "proxy_drop", "environment", "cached_from", hopeless.ATTR, hopeless.FROM_ATTR):
         if result.get(key) is not None:
             trial.set_user_attr(key, result[key])
     for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from

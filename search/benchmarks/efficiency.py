@@ -9,12 +9,15 @@ Each workload's own space file is run unchanged except for what the method is:
              one independent bit-width per layer
     tpe      plain TPE over the joint space, the same switches off
     guided   TPE with the guide on (anchors derived from the space, reuse of promising cached
-             students, early rejection) and sensitivity-ranked bit-widths (`quantize.assign`)
+             students, follow-ups trained longer, cuts pushed, early rejection, before training
+             too for cuts harder than a hopeless student) and sensitivity-ranked bit-widths
+             (`quantize.assign`)
 
 Nothing is seeded with recipes: the sampler seed (0, 1, 2, ...) is the only difference between
 the runs of one method. Every run is a real study (its own name in one results directory, so a
 rerun resumes instead of starting over), with re-measurement off: the benchmark compares how
-the searches spend their trials, not the re-measurement.
+the searches spend their trials, not the re-measurement. Each study starts with an empty
+student cache, so that none loads what another run trained.
 
 Hypervolume uses the normalisation of the MiniLM benchmark: quality drop / (10 x the space's
 allowed drop), latency / the study's own baseline latency, bytes / baseline bytes, reference
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +71,12 @@ class Run:
 
 
 def run_study(space_file: Path, study: str, trials: int, seed: int, results_dir: Path) -> None:
+    """One study, starting from an empty student cache: students are trained with one fixed seed, so a
+    study would otherwise load the students an earlier study (another method or seed) trained, and its
+    wall time would depend on the order the runs went in."""
     from search.cli import main
 
+    shutil.rmtree(results_dir / "cache" / "students", ignore_errors=True)
     code = main(["run", str(space_file), "--study", study, "--trials", str(trials), "--seed", str(seed),
                  "--results-dir", str(results_dir), "--no-remeasure", "--quiet"])
     if code != 0:

@@ -68,7 +68,11 @@ def rejection_line(view: StudyView) -> str | None:
         what = (f"about {format_duration(abs(saved))} " + ("saved" if saved >= 0 else "lost") +
                 " (the evaluation and latency measurement they skipped, at the completed trials' mean, less "
                 "the proxy's own time)")
-    return f"rejected early: {guide['rejected_early']} trial(s) stopped at their proxy score; {what}"
+    n, before = guide["rejected_early"], guide["rejected_before_training"]
+    if before:  # search/hopeless.py: never built, so never scored
+        return (f"rejected early: {n} trial(s), {n - before} stopped at their proxy score and {before} before "
+                f"training (a student at least as hard as a hopeless one); {what}")
+    return f"rejected early: {n} trial(s) stopped at their proxy score; {what}"
 
 
 def front_table(view: StudyView) -> str:

@@ -162,6 +162,7 @@ class TrialView:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the trial
     proxy: float | None = None  # the task's cheap quality estimate (search/rejection.py)
     proxy_drop: float | None = None  # the baseline's proxy minus this one (a rejected trial's quality_drop too)
+    hopeless_from: int | None = None  # rejected before training: the hopeless student it is harder than (hopeless.py)
 
     def flat_params(self) -> dict[str, Any]:
         out = dict(self.params)
@@ -243,6 +244,7 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         timings=attrs.get("timings", {}),
         proxy=attrs.get("proxy"),
         proxy_drop=attrs.get("proxy_drop"),
+        hopeless_from=attrs.get("hopeless_from"),
     )
 
 
@@ -339,6 +341,7 @@ class StudyView:
                 "student_cache_hits": sum(1 for t in self.trials if (t.student or {}).get("cached") == "hit"),
                 "student_seconds_saved": self._student_seconds_saved(),
                 "rejected_early": sum(t.rejected for t in self.trials),
+                "rejected_before_training": sum(t.hopeless_from is not None for t in self.trials),
                 "time_saved_s_estimated": time_saved_s(self.trials)}
 
     def _student_seconds_saved(self) -> float:
@@ -375,7 +378,7 @@ class StudyView:
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
                 "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
                 "anchor": t.anchor, "variant_of": t.variant_of, "longer_of": t.longer_of, "pushed_from": t.pushed_from,
-                "rejected": t.rejected,
+                "rejected": t.rejected, "hopeless_from": t.hopeless_from,
                 "timings": t.timings,
                 "proxy": t.proxy, "proxy_drop": t.proxy_drop,
             } for t in self.trials],
@@ -384,13 +387,16 @@ class StudyView:
 
 
 SKIPPED_PHASES = ("evaluate", "measure")  # what a trial rejected early (search/rejection.py) does not run
+BUILD_PHASES = ("student", "compress", "proxy")  # what one rejected before training (search/hopeless.py) skips too
 
 
 def time_saved_s(trials: Iterable[Any]) -> float | None:
     """Estimated seconds rejection saved, net: rejected trials x the mean skipped phases of completed
-    ones, minus what scoring the proxy cost the trials it did not stop (negative when it cost more).
+    ones, plus, for each trial rejected before training, what building and scoring the hopeless trial it
+    follows took; minus what scoring the proxy cost the trials it did not stop and what scoring rejected
+    cut students alone cost (negative when it cost more).
 
-    `trials`: the study view's TrialViews (state, baseline, rejected, timings)."""
+    `trials`: the study view's TrialViews (number, state, baseline, rejected, hopeless_from, timings)."""
     trials = list(trials)
     rejected = sum(t.rejected for t in trials)
     spent = [sum(t.timings.get(p, 0.0) for p in SKIPPED_PHASES) for t in trials
@@ -399,5 +405,9 @@ def time_saved_s(trials: Iterable[Any]) -> float | None:
         return 0.0
     if not spent:
         return None
-    overhead = sum(t.timings.get("proxy", 0.0) for t in trials if not t.rejected)
-    return rejected * mean(spent) - overhead
+    timings = {t.number: t.timings for t in trials}
+    built = sum(sum(timings.get(t.hopeless_from, {}).get(p, 0.0) for p in BUILD_PHASES) for t in trials
+                if getattr(t, "hopeless_from", None) is not None)
+    overhead = (sum(t.timings.get("proxy", 0.0) for t in trials if not t.rejected)
+                + sum(t.timings.get("student_proxy", 0.0) for t in trials))
+    return rejected * mean(spent) + built - overhead

@@ -75,16 +75,26 @@ def test_a_recipe_rejected_before_is_rejected_again_without_being_built() -> Non
 
 
 def test_time_saved_is_the_rejected_count_times_the_skipped_phases() -> None:
-    def trial(state: str, rejected: bool = False, baseline: bool = False, **timings: float) -> SimpleNamespace:
-        return SimpleNamespace(state=state, rejected=rejected, baseline=baseline, timings=timings)
+    def trial(state: str, rejected: bool = False, baseline: bool = False, hopeless_from: int | None = None,
+              **timings: float) -> SimpleNamespace:
+        return SimpleNamespace(number=len(trials), state=state, rejected=rejected, baseline=baseline,
+                               hopeless_from=hopeless_from, timings=timings)
 
-    trials = [trial("COMPLETE", baseline=True, evaluate=9.0, measure=9.0, proxy=0.5),
-              trial("COMPLETE", evaluate=1.0, measure=3.0, proxy=0.25), trial("COMPLETE", evaluate=2.0, measure=4.0),
-              trial("PRUNED", rejected=True, proxy=0.1), trial("PRUNED", rejected=True, proxy=0.1)]
+    trials: list[SimpleNamespace] = []
+    for args, timings in ((("COMPLETE", False, True), {"evaluate": 9.0, "measure": 9.0, "proxy": 0.5}),
+                          (("COMPLETE",), {"evaluate": 1.0, "measure": 3.0, "proxy": 0.25}),
+                          (("COMPLETE",), {"evaluate": 2.0, "measure": 4.0}),
+                          (("PRUNED", True), {"proxy": 0.1}), (("PRUNED", True), {"proxy": 0.1})):
+        trials.append(trial(*args, **timings))
     # Net: what the rejected skipped, less the proxy's time on the trials it let through.
     assert time_saved_s(trials) == pytest.approx(2 * 5.0 - 0.75)
     assert time_saved_s(trials[:3]) == 0.0
     assert time_saved_s(trials[3:]) is None  # nothing completed to estimate from
+    # A cut rejected with its student scored alone (1 s), and one rejected before training after it: that one
+    # also skipped building and scoring the hopeless trial's student (30 + 2 + 0.1 s).
+    trials.append(trial("PRUNED", True, student=30.0, compress=2.0, proxy=0.1, student_proxy=1.0))
+    trials.append(trial("PRUNED", True, hopeless_from=5))
+    assert time_saved_s(trials) == pytest.approx(4 * 5.0 + 32.1 - 0.75 - 1.0)
 
 
 @pytest.fixture(scope="module")
