@@ -321,8 +321,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                          options.trial_memory_bytes)
     objective = Objective(space, runner, options.results_dir)
     callbacks = [lambda s, t: log_new(t), lambda s, t: progress.trial_done(StudyView.load(s), t.number)]
-    if space.guide.reuses_students or space.guide.train_longer or space.guide.push_cuts:  # search/reuse.py, push.py
-        from search.reuse import after_trial
+    if space.guide.reuses_students or space.guide.train_longer or space.guide.push_cuts:  # search/follow_ups.py
+        from search.follow_ups import after_trial
 
         callbacks.append(after_trial(space, options.trials, options.storage, progress.say))
     status = "FINISHED"

@@ -41,7 +41,8 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
 
     `rejection`: None skips the task's proxy; {} scores it (the baseline: "proxy" in the result); a spec
     (search/rejection.py: reference, limit, noise) scores it and may stop the trial there, returning
-    {"rejected": reason, "proxy", "proxy_drop", "timings", "student"} without evaluation or latency."""
+    {"rejected": reason, "proxy", "proxy_drop", "timings", "student"} without evaluation or latency, and
+    for a recipe that cuts, "student_proxy_drop": its fp32 student's own (search/hopeless.py)."""
     backends = {p.name: make_backend(p) for p in space.profiles}
     phases: dict[str, float] = {}  # where the trial's time went (seconds), recorded on the trial
     clock = time.monotonic()
@@ -65,9 +66,9 @@ def evaluate_recipe(space: SearchSpace, task: Task, model: nn.Module, recipe: Re
         if proxy is not None and (reason := verdict(proxy, rejection)) is not None:
             result = {}
             if cuts(recipe):  # how much its student alone loses: a hopeless one rejects harder cuts untrained
-                result[STUDENT_DROP] = proxy_drop(proxy, rejection) if student_alone is None else proxy_drop(
-                    score_student_alone(space, task, backends[space.objective_profile], student_alone, workdir,
-                                        phases), rejection)
+                alone = proxy if student_alone is None else score_student_alone(
+                    task, backends[space.objective_profile], student_alone, workdir, phases)
+                result[STUDENT_DROP] = proxy_drop(alone, rejection)
             phases["total"] = time.monotonic() - clock
             return {**result, "rejected": reason, "proxy": proxy, "proxy_drop": proxy_drop(proxy, rejection),
                     "environment": environment(),  # the machine that scored the proxy
@@ -119,7 +120,7 @@ def _copy_state(state: CompressionState) -> CompressionState:
                                learned=dict(state.learned), own_node=dict(state.own_node))
 
 
-def score_student_alone(space: SearchSpace, task: Task, backend: Backend, student: CompressionState, workdir: Path,
+def score_student_alone(task: Task, backend: Backend, student: CompressionState, workdir: Path,
                         phases: dict[str, float]) -> float | None:
     """The proxy of the fp32 student exported without the recipe's later stages (in workdir/student-alone)."""
     started = time.monotonic()

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -277,27 +277,6 @@ def enqueue_follow_up(study: optuna.Study, parent: FrozenTrial, params: dict[str
             return False
         study.enqueue_trial(params, user_attrs={attr: parent.number})
     return True
-
-
-def after_trial(space: SearchSpace, budget: int, storage: str,
-                say: Callable[[str], None]) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """The driver's callback after each finished trial: enqueue its variants, its follow-up trained
-    longer and its cut pushed harder (search/push.py), in that order, and say so."""
-    from search.push import enqueue_push  # push.py builds on this module
-
-    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        drop = trial.user_attrs.get("quality_drop", float("nan"))
-        n = enqueue_variants(study, trial, space, budget, storage)
-        if n:
-            say(f"trial {trial.number}'s student is promising (quality drop {drop:.4g}): {n} variant(s) queued that "
-                f"reuse it, cached, with other quantization/sharing")
-        if enqueue_longer(study, trial, space, budget, storage):
-            say(f"trial {trial.number}'s cut student is promising (quality drop {drop:.4g}): a follow-up queued "
-                f"that trains it twice as long")
-        if enqueue_push(study, trial, space, budget, storage):
-            say(f"trial {trial.number}'s cut leaves quality to spare (quality drop {drop:.4g}): the same recipe queued "
-                f"with the cut pushed harder")
-    return callback
 
 
 def variant_label(variant_of: int | None, student: dict[str, Any] | None, longer_of: int | None = None,
