@@ -1,10 +1,9 @@
 """Hopeless students: reject, before training, a cut at least as hard as one already seen to fail.
 
 Early rejection (search/rejection.py) stops a trial at its proxy, but only after its student was
-trained: for MiniLM that is minutes of distillation per trial. A sampler does not know that a cut
-failed because it was too hard (TPE only sees a region marked infeasible), so a study went on
-sampling cuts harder than ones already rejected (11 of 15 sampled trials in one 30-trial MiniLM
-study), each trained in full before its proxy turned it down.
+trained: for MiniLM that is minutes of distillation per trial. A sampler does not know why a cut
+failed (TPE only sees a region marked infeasible): in one 30-trial MiniLM study 11 of 15 sampled
+trials were cuts the proxy rejected, each trained in full before its proxy turned it down.
 
 So when a cut trial is rejected, its student's own proxy is scored too (the fp32 student exported
 alone, without the later stages: seconds), and recorded as `student_proxy_drop`. A student whose own
@@ -85,7 +84,7 @@ def at_least_as_hard(recipe: Recipe, than: Recipe) -> bool:
         if not _step_at_least_as_hard(step, other):
             return False
     for other in theirs.steps:
-        if recipe.get(other.type) is None and not REGISTRY.of(other).recovers:
+        if mine.get(other.type) is None and not REGISTRY.of(other).recovers:
             return False  # `than` makes a cut (or a stage) this one does not
     return True
 
@@ -94,7 +93,7 @@ def hopeless_before(study: optuna.Study, recipe: Recipe, number: int) -> dict[st
     """A rejected result for `recipe` without building it, when an earlier trial of this study was
     rejected with a hopeless student (its own proxy drop over the study's limit now) and `recipe`'s
     student is at least as hard; None otherwise (and for a recipe that cuts nothing)."""
-    spec = study.user_attrs.get("rejection") or {}
+    spec = study.user_attrs.get("rejection") or {}  # rejection.SPEC_ATTR (rejection.py imports this module)
     if "limit" not in spec or not cuts(recipe):
         return None
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
