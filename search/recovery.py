@@ -51,7 +51,7 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     attrs: dict[str, object] = {"retry_of": trial.number}
     if trial.user_attrs.get("baseline"):
         attrs["baseline"] = True
-    for key in ("variant_of", "longer_of", "pushed_from"):  # still a follow-up of its parent (reuse.py, push.py)
+    for key in ("variant_of", "longer_of", "pushed_from", "stepped_back_from"):  # still a follow-up (reuse.py, push.py)
         if trial.user_attrs.get(key) is not None:
             attrs[key] = trial.user_attrs[key]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)

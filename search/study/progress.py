@@ -50,8 +50,8 @@ class Progress:
         else:
             what = f"{t.state.lower()}  {t.state}: {t.failure_reason or 'no reason recorded'}"
         label = "baseline" if t.baseline else t.summary + (f" [anchor: {t.anchor}]" if t.anchor else "")
-        if t.variant_of is not None or t.longer_of is not None or t.pushed_from is not None:
-            label += f" [{variant_label(t.variant_of, t.student, t.longer_of, t.pushed_from)}]"
+        if any(n is not None for n in (t.variant_of, t.longer_of, t.pushed_from, t.stepped_back_from)):
+            label += f" [{variant_label(t.variant_of, t.student, t.longer_of, t.pushed_from, t.stepped_back_from)}]"
         self.say(f"[{n:>{len(str(self.total))}}/{self.total}] trial {number} {what}  "
                  f"| {label} | elapsed {format_duration(elapsed)}  ETA {format_duration(eta)}")
 

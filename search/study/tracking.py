@@ -189,6 +189,8 @@ class Tracker:
             tags["longer_of"] = str(view.longer_of)
         if view.pushed_from is not None:
             tags["pushed_from"] = str(view.pushed_from)
+        if view.stepped_back_from is not None:
+            tags["stepped_back_from"] = str(view.stepped_back_from)
         if view.rejected:
             tags["rejected"] = "true"
         if view.failure_reason:

@@ -158,6 +158,7 @@ class TrialView:
     variant_of: int | None = None  # the trial whose cached student this one reuses with other quantization (reuse.py)
     longer_of: int | None = None  # the trial whose cut student this one trains twice as long (reuse.py)
     pushed_from: int | None = None  # the trial whose cut this one pushes harder (push.py)
+    stepped_back_from: int | None = None  # the failed push whose cut this one moves halfway back (push.py)
     rejected: bool = False  # stopped early by its proxy score (failure_reason says by how much)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the trial
     proxy: float | None = None  # the task's cheap quality estimate (search/rejection.py)
@@ -240,6 +241,7 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         variant_of=attrs.get("variant_of"),
         longer_of=attrs.get("longer_of"),
         pushed_from=attrs.get("pushed_from"),
+        stepped_back_from=attrs.get("stepped_back_from"),
         rejected=bool(attrs.get("rejected", False)),
         timings=attrs.get("timings", {}),
         proxy=attrs.get("proxy"),
@@ -333,11 +335,13 @@ class StudyView:
         variants = {t.number for t in self.trials if t.variant_of is not None and t.state != "WAITING"}
         longer = {t.number for t in self.trials if t.longer_of is not None and t.state != "WAITING"}
         pushed = {t.number for t in self.trials if t.pushed_from is not None and t.state != "WAITING"}
+        back = {t.number for t in self.trials if t.stepped_back_from is not None and t.state != "WAITING"}
         front = set(self.pareto_numbers())
         return {"anchors": len(anchors), "anchors_on_front": len(anchors & front),
                 "student_variants": len(variants), "student_variants_on_front": len(variants & front),
                 "trained_longer": len(longer), "trained_longer_on_front": len(longer & front),
                 "cuts_pushed": len(pushed), "cuts_pushed_on_front": len(pushed & front),
+                "cuts_stepped_back": len(back), "cuts_stepped_back_on_front": len(back & front),
                 "student_cache_hits": sum(1 for t in self.trials if (t.student or {}).get("cached") == "hit"),
                 "student_seconds_saved": self._student_seconds_saved(),
                 "rejected_early": sum(t.rejected for t in self.trials),
@@ -378,7 +382,7 @@ class StudyView:
                 "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
                 "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
                 "anchor": t.anchor, "variant_of": t.variant_of, "longer_of": t.longer_of, "pushed_from": t.pushed_from,
-                "rejected": t.rejected, "hopeless_from": t.hopeless_from,
+                "stepped_back_from": t.stepped_back_from, "rejected": t.rejected, "hopeless_from": t.hopeless_from,
                 "timings": t.timings,
                 "proxy": t.proxy, "proxy_drop": t.proxy_drop,
             } for t in self.trials],

@@ -12,7 +12,18 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FixedTrial, TrialState
 
 from search.guide import Guide
-from search.push import PUSHED_ATTR, enqueue_push, harder, push_params, wants_push
+from search.push import (
+    BACK_ATTR,
+    PUSHED_ATTR,
+    between,
+    enqueue_push,
+    enqueue_step_back,
+    failed,
+    harder,
+    push_params,
+    step_back_params,
+    wants_push,
+)
 from search.reuse import split_params, standard_settings
 from search.space import load_space
 
@@ -99,3 +110,80 @@ def test_a_push_is_named_in_progress_lines() -> None:
     from search.reuse import variant_label
 
     assert variant_label(None, None, None, 2) == "trial 2's cut pushed harder"
+
+
+def test_a_follow_up_trained_longer_of_a_rung_is_a_rung(digits) -> None:
+    """The ladder goes on through training: prune 0.55 at 2 epochs failed, at 4 epochs it held with half to spare."""
+    anchor = _trial(digits, 0.0, anchor="prune", **{"prune.ratio": 0.2, "distill.epochs": 2})
+    push = _trial(digits, 0.0225, **{PUSHED_ATTR: 0}, **{"prune.ratio": 0.55, "distill.epochs": 2})
+    sampled = _trial(digits, 0.0, **{"prune.ratio": 0.55, "distill.epochs": 2})
+    trials = {0: anchor, 1: push, 2: sampled}
+    longer = _trial(digits, 0.01, longer_of=1, **{"prune.ratio": 0.55, "distill.epochs": 4})
+    assert wants_push(longer, 0.02, trials)
+    params = push_params(longer, digits)
+    assert params is not None and params["prune.ratio"] == pytest.approx(0.7) and params["distill.epochs"] == 4
+    assert not wants_push(longer, 0.02)  # its parent unknown: not known to be a rung
+    assert not wants_push(_trial(digits, 0.0, longer_of=2, **{"prune.ratio": 0.55, "distill.epochs": 4}), 0.02, trials)
+
+
+def test_a_failed_rung_steps_back_halfway_to_the_last_that_held(digits) -> None:
+    ratio = FloatDistribution(0.0, 0.9, step=0.05)
+    assert between(ratio, 0.2, 0.55) == pytest.approx(0.35)  # 0.35 and 0.4 equally near 0.375: the milder
+    assert between(ratio, 0.55, 0.7) == pytest.approx(0.6) and between(ratio, 0.85, 0.9) is None
+    assert between(CategoricalDistribution([0, 5, 4, 3]), 5, 4) is None  # no layer count between 5 and 4
+    assert between(CategoricalDistribution([0, 5, 4, 3]), 5, 3) == 4
+    assert between(FloatDistribution(0.0, 1.0), 0.2, 0.6) == pytest.approx(0.4)
+    held = _trial(digits, 0.0, anchor="prune", **{"prune.ratio": 0.2, "distill.epochs": 2})
+    bits = {f"quantize.bits.net.{i}": "int8" for i in (0, 2, 4)}
+    gone_too_far = _trial(digits, 0.03, longer_of=1, **{"prune.ratio": 0.55, "distill.epochs": 4, **bits})
+    params = step_back_params(gone_too_far, held, digits)
+    assert params is not None and params["prune.ratio"] == pytest.approx(0.35)
+    assert {k: v for k, v in params.items() if k != "prune.ratio"} == {
+        k: v for k, v in gone_too_far.params.items() if k != "prune.ratio"}  # its training and quantization kept
+    one_step = _trial(digits, 0.03, **{"prune.ratio": 0.25, "distill.epochs": 2})
+    assert step_back_params(one_step, held, digits) is None  # nothing between 0.2 and 0.25
+    assert failed(gone_too_far, 0.02) and not failed(held, 0.02)
+    assert failed(_trial(digits, None, TrialState.PRUNED, rejected=True), 0.02)
+    assert not failed(_trial(digits, None, TrialState.FAIL), 0.02)
+
+
+def test_a_step_back_is_queued_once_after_the_last_follow_up_and_switchable(digits, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
+    cut = {"distill.epochs": 2, "distill.temperature": 2.0}
+    study.add_trial(_trial(digits, 0.0, anchor="prune", **{"prune.ratio": 0.2, **cut}))
+    study.add_trial(_trial(digits, 0.03, **{PUSHED_ATTR: 0}, **{"prune.ratio": 0.55, **cut}))
+    study.add_trial(_trial(digits, 0.03, **{"prune.ratio": 0.7, **cut}))  # sampled: not a rung
+    push, sampled = study.trials[1], study.trials[2]
+    assert not enqueue_step_back(study, sampled, digits, budget=10, storage=storage)
+    assert not enqueue_step_back(study, push, replace(digits, guide=Guide(push_cuts=False)), 10, storage)
+    study.enqueue_trial({"prune.ratio": 0.55, "distill.epochs": 4}, user_attrs={"longer_of": 1})
+    assert not enqueue_step_back(study, push, digits, budget=10, storage=storage)  # its follow-up tells first
+    # The follow-up, run: over the limit too
+    study.add_trial(_trial(digits, 0.025, longer_of=1, **{**cut, "prune.ratio": 0.55, "distill.epochs": 4}))
+    longer = study.trials[-1]
+    assert enqueue_step_back(study, longer, digits, budget=10, storage=storage)
+    assert not enqueue_step_back(study, longer, digits, budget=10, storage=storage)  # once
+    (back,) = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if BACK_ATTR in t.user_attrs]
+    assert back.user_attrs == {BACK_ATTR: longer.number}
+    assert back.system_attrs["fixed_params"]["prune.ratio"] == pytest.approx(0.35)
+    assert back.system_attrs["fixed_params"]["distill.epochs"] == 4
+    from search.reuse import variant_label
+
+    assert variant_label(None, None, None, None, 6) == "trial 6's cut stepped back"
+
+
+def test_a_student_already_queued_is_not_queued_again_by_another_follow_up(digits, tmp_path: Path) -> None:
+    """Prune 0.55 at 4 epochs is both the push's follow-up trained longer and the longer anchor's push."""
+    from search.reuse import enqueue_longer
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
+    cut = {"distill.temperature": 2.0, **{f"quantize.bits.net.{i}": "int8" for i in (0, 2, 4)}}
+    study.add_trial(_trial(digits, 0.0, anchor="prune", **{**cut, "prune.ratio": 0.2, "distill.epochs": 2}))
+    study.add_trial(_trial(digits, 0.03, **{PUSHED_ATTR: 0}, **{**cut, "prune.ratio": 0.55, "distill.epochs": 2}))
+    study.add_trial(_trial(digits, 0.0, longer_of=0, **{**cut, "prune.ratio": 0.2, "distill.epochs": 4}))
+    assert enqueue_longer(study, study.trials[1], digits, budget=10, storage=storage)  # 0.55 at 4 epochs, queued
+    assert push_params(study.trials[2], digits)["distill.epochs"] == 4  # the same student...
+    assert not enqueue_push(study, study.trials[2], digits, budget=10, storage=storage)  # ...is not queued twice
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 1

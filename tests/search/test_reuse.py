@@ -15,7 +15,15 @@ from optuna.trial import FixedTrial, TrialState
 from search.cli import main
 from search.compress import split_recipe
 from search.guide import Guide
-from search.reuse import VARIANT_ATTR, enqueue_variants, split_params, variant_params, wants_variants
+from search.reuse import (
+    VARIANT_ATTR,
+    enqueue_longer,
+    enqueue_variants,
+    split_params,
+    trains_longer_first,
+    variant_params,
+    wants_variants,
+)
 from search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +106,7 @@ def _variants(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_a_promising_new_student_gets_its_variants_within_the_budget(digits, tmp_path: Path) -> None:
-    study = _study_with_parent(digits, tmp_path, drop=0.03)  # over 0.02 but within 2x: promising
+    study = _study_with_parent(digits, tmp_path, drop=0.015)  # within the 0.02 allowed
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     parent = study.trials[0]
     assert enqueue_variants(study, parent, digits, budget=2, storage=storage) == 1  # 1 used, 1 left
@@ -149,6 +157,7 @@ def test_a_retried_variant_stays_a_variant(digits, tmp_path: Path) -> None:
     (0.0, {"student_cached": "off"}, Guide()),  # no cache: a variant would train its student again
     (0.0, {VARIANT_ATTR: 0}, Guide()),  # itself a variant
     (0.0, {}, Guide(reuse_students=0)),  # `reuse_students: false`
+    (0.0, {"student_proxy_drop": 0.03}, Guide()),  # its student alone, unquantized, misses already
 ])
 def test_no_variants(digits, tmp_path: Path, drop: float, attrs: dict, guide: Guide) -> None:
     from dataclasses import replace
@@ -158,6 +167,33 @@ def test_no_variants(digits, tmp_path: Path, drop: float, attrs: dict, guide: Gu
     assert not enqueue_variants(study, study.trials[0], space, budget=10, storage=f"sqlite:///{tmp_path}/x.db")
     assert not _variants(study)
     assert wants_variants(study.trials[0], space.max_quality_drop) == (not attrs and drop <= 0.04)
+
+
+def test_a_cut_student_over_the_limit_waits_for_its_follow_up_trained_longer(digits, tmp_path: Path) -> None:
+    """Over the allowed drop but promising: the follow-up trained longer comes first and gets the variants."""
+    from dataclasses import replace
+
+    study = _study_with_parent(digits, tmp_path, drop=0.03)  # pruned 0.5, distilled 2 epochs; 0.02 allowed
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    parent = study.trials[0]
+    assert wants_variants(parent, digits.max_quality_drop) and trains_longer_first(parent, digits)
+    assert enqueue_variants(study, parent, digits, budget=10, storage=storage) == 0
+    assert enqueue_longer(study, parent, digits, budget=10, storage=storage)
+    # Without follow-ups, or for the follow-up itself (trained longer already), the variants are queued
+    no_longer = replace(digits, guide=Guide(train_longer=False))
+    assert not trains_longer_first(parent, no_longer)
+    assert enqueue_variants(study, parent, no_longer, budget=10, storage=storage) == 1
+    def finished(drop: float, epochs: int = 2, **attrs) -> optuna.trial.FrozenTrial:
+        cut = _parent(digits, **{"prune.ratio": 0.5, "distill.epochs": epochs})
+        return optuna.trial.create_trial(params=cut.params, distributions=cut.distributions,
+                                         values=[0.9, 1.0, 100.0], user_attrs={"quality_drop": drop, **attrs})
+
+    assert trains_longer_first(finished(0.03), digits)
+    assert not trains_longer_first(finished(0.03, longer_of=0), digits)
+    # Within the limit, or with nothing to train longer (the longest distillation of the space): no wait
+    assert not trains_longer_first(finished(0.02), digits)
+    longest = finished(0.03, epochs=10)
+    assert not trains_longer_first(longest, digits)
 
 
 SPACE = {
