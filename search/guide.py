@@ -12,8 +12,8 @@ A guided study (the default) does not leave the first trials to chance:
 - `train_longer`: a promising cut student (pruned, layers removed) that distillation trained back also
   runs once with that training twice as long (search/reuse.py).
 - `push_cuts`: a cut anchor that leaves at least half the allowed drop to spare runs again with the cut
-  pushed halfway to the hardest the space allows, and again while that still leaves quality to spare
-  (search/push.py).
+  pushed halfway to the hardest the space allows, and again while that (or its follow-up trained longer)
+  still leaves quality to spare; a push that goes too far steps back halfway (search/push.py).
 - `reject_early`: a trial whose cheap proxy score clearly misses the quality constraint stops
   before its full evaluation and latency measurement (search/rejection.py).
 
@@ -62,7 +62,7 @@ GUIDE_SCHEMA = Rule("mapping", help="how the search spends its first trials and 
     "push_cuts": Rule("bool", default=True,
                       help="run a cut anchor that leaves at least half the allowed quality drop to spare again with "
                            "the cut pushed halfway to the hardest the space allows (pruning ratio, layers kept), "
-                           "while that still leaves quality to spare"),
+                           "while that still leaves quality to spare, and step a push that goes too far halfway back"),
     "reject_early": Rule("bool", default=True,
                          help="stop a trial whose cheap proxy quality clearly misses the constraint, before its full "
                               "evaluation and latency measurement"),
