@@ -15,14 +15,14 @@ trained longer as any promising student does.
 
 The ladder goes on through training, as an expert's would: a push that fails but is promising gets
 its follow-up trained twice as long (search/reuse.py), and when that follow-up leaves quality to spare
-it is pushed in turn, with its longer training (digits: prune 0.55 at 2 epochs lost 0.0225 of 0.02
-allowed; at 4 epochs it lost 0.01, so 0.7 at 4 epochs came next, where it used to wait for the sampler).
+it is pushed in turn, with its longer training (digits: prune 0.55 lost 0.015 of 0.02 allowed at 2 and 4
+epochs, 0.0075 at 8, so 0.7 at 8 epochs came next; it used to wait for the sampler).
 
 A failed rung steps back: when a push, or a push's follow-up trained longer, comes back over the
 allowed drop (or rejected early) and no follow-up of it is coming, the same recipe is queued once with
 each cut halfway between the last rung that held and the one that failed, on the grid, strictly
-between (`step_back_params`; pruning 0.2 held, 0.55 failed: 0.35). Nothing lies between layers kept 5
-and 4, so a failed 4 is not stepped back. A step back is not pushed or stepped back again: it marks
+between (`step_back_params`; 0.55 held, 0.7 failed at 10 epochs: 0.6 at 10 epochs). Nothing lies
+between layers kept 5 and 4, so a failed 4 is not stepped back. A step back is not pushed or stepped back again: it marks
 where the limit is, and its student gets variants and a follow-up as any student does.
 
 Only anchors, pushes and their follow-ups trained longer are pushed: a sampled trial is the sampler's
