@@ -22,8 +22,9 @@ A failed rung steps back: when a push, or a push's follow-up trained longer, com
 allowed drop (or rejected early) and no follow-up of it is coming, the same recipe is queued once with
 each cut halfway between the last rung that held and the one that failed, on the grid, strictly
 between (`step_back_params`; 0.55 held, 0.7 failed at 10 epochs: 0.6 at 10 epochs). Nothing lies
-between layers kept 5 and 4, so a failed 4 is not stepped back. A step back is not pushed or stepped back again: it marks
-where the limit is, and its student gets variants and a follow-up as any student does.
+between layers kept 5 and 4, so a failed 4 is not stepped back. A step back is not pushed or stepped
+back again: it marks where the limit is, and its student gets variants and a follow-up as any student
+does.
 
 Only anchors, pushes and their follow-ups trained longer are pushed: a sampled trial is the sampler's
 to follow. Pushes are marked `pushed_from` (the parent's number), steps back `stepped_back_from` (the
