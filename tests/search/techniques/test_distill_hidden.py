@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from search.tasks.base import Task
-from search.tasks.minilm_sts import SentenceEmbedder
+from search.tasks.minilm_model import SentenceEmbedder
 from search.techniques.base import CompressionState
 from search.techniques.distill import Distill, DistillConfig, first_samples
 from search.techniques.distill_targets import TeacherTargets, capture_hidden, kept_layers, relative_mse
