@@ -69,7 +69,11 @@ def test_run_writes_trials_and_matching_mlflow_children(finished, capsys) -> Non
         run = children[t.number]
         if t.state == optuna.trial.TrialState.PRUNED:
             assert run.info.status == "KILLED" and run.data.tags["rejected"] == "true"
-            assert run.data.tags["failure_reason"].startswith("rejected early: proxy drop")
+            # by its own proxy (search/rejection.py), or, without being built, as at least as hard as an
+            # earlier trial whose student alone missed (search/hopeless.py): which one depends on the CPU's
+            # arithmetic, since the proxies land close to the limit
+            reason = run.data.tags["failure_reason"]
+            assert reason.startswith(("rejected early: proxy drop", "rejected before training: ")), reason
             continue
         assert run.info.status == "FINISHED"
         assert run.data.metrics["accuracy"] == pytest.approx(t.values[0])

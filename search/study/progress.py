@@ -45,7 +45,7 @@ class Progress:
             q, lat, size = t.values.values()
             mark = "" if t.feasible else "  (infeasible: quality drop over the limit)"
             what = f"{t.state.lower()}  {self.quality_name} {q:.4f}  p50 {lat:.4f} ms  {format_bytes(size)}{mark}"
-        elif t.rejected:  # its reason reads "rejected early: proxy drop ... > ..."
+        elif t.rejected:  # "rejected early: proxy drop ... > ..." or "rejected before training: ..."
             what = t.failure_reason or "rejected early"
         else:
             what = f"{t.state.lower()}  {t.state}: {t.failure_reason or 'no reason recorded'}"
