@@ -51,6 +51,8 @@ class Row:
     quality: dict[str, float]  # split -> mean Spearman x100
     per_file: dict[str, float] = field(default_factory=dict)  # file -> Spearman x100 (report and held-out)
     drop: dict[str, float] = field(default_factory=dict)  # split -> teacher minus this
+    heldout_pairs: dict[str, Any] = field(default_factory=dict)  # held-out file -> (pair cosines, gold scores)
+    heldout_interval: tuple[float, float] | None = None  # 95% interval of the held-out drop over resampled pairs
 
 
 def method_options(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -60,7 +62,7 @@ def method_options(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"text_dir": "text"}, {"lr": 2e-4, "hidden_weight": 1.0, "schedule": "linear", "freeze_embeddings": True}
 
 
-def evaluate(task: Any, path: Path) -> tuple[dict[str, float], dict[str, float]]:
+def evaluate(task: Any, path: Path) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     from search.benchmarks.minilm import session
 
     sess = session(path)
@@ -75,7 +77,7 @@ def evaluate(task: Any, path: Path) -> tuple[dict[str, float], dict[str, float]]
             result = task.evaluate_sets(predict, sets)
             quality[split] = result.quality
             per_file.update(result.per_file)
-    return quality, per_file
+    return quality, per_file, task.heldout_cosines(predict)  # the pairs: the held-out drop's interval
 
 
 def int8_per_channel(fp32: Path, out: Path) -> Path:
@@ -139,11 +141,12 @@ def write(rows: list[Row], out: Path, context: dict[str, str]) -> str:
     with (out / "distill.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["name", "student", "method", "minutes_per_epoch", *(f"{s}_{k}" for s in SPLITS
-                                                                          for k in ("quality", "drop")), *files])
+                                                                          for k in ("quality", "drop")),
+                    "heldout_low", "heldout_high", *files])
         for r in rows:
             w.writerow([r.name, r.student, r.method, r.minutes_per_epoch,
                         *(v for s in SPLITS for v in (r.quality.get(s), r.drop.get(s))),
-                        *(r.per_file.get(f) for f in files)])
+                        *(r.heldout_interval or (None, None)), *(r.per_file.get(f) for f in files)])
 
     def num(x: float | None, fmt: str = ".2f") -> str:
         return "-" if x is None else format(x, fmt)
@@ -151,12 +154,16 @@ def write(rows: list[Row], out: Path, context: dict[str, str]) -> str:
     lines = ["# Distillation benchmark (minilm-sts)", "", *(f"- {k}: {v}" for k, v in context.items()), "",
              "Spearman x100 as ONNX Runtime runs each artifact; drop = fp32 teacher minus this, per split "
              "(selection: the evaluation files; report: sts_dir/test/; held-out: train/ files kept out of all "
-             "training text). Minutes per epoch: student training only (teacher targets precomputed).", "",
-             "| artifact | min/epoch | selection | drop | report | drop | held-out | drop |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "training text). Minutes per epoch: student training only (teacher targets precomputed). "
+             "Held-out 95%: the interval of the held-out drop over resampled pairs (each file's pairs drawn "
+             "with replacement, teacher and artifact scored on the same draw): what chance alone moves.", "",
+             "| artifact | min/epoch | selection | drop | report | drop | held-out | drop | held-out 95% |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        interval = f"{r.heldout_interval[0]:.2f} to {r.heldout_interval[1]:.2f}" if r.heldout_interval else "-"
         lines.append(f"| {r.name} | {num(r.minutes_per_epoch, '.1f')} | "
-                     + " | ".join(f"{num(r.quality.get(s))} | {num(r.drop.get(s))}" for s in SPLITS) + " |")
+                     + " | ".join(f"{num(r.quality.get(s))} | {num(r.drop.get(s))}" for s in SPLITS)
+                     + f" | {interval} |")
     lines += ["", "Per file (Spearman x100):", "", "| artifact | " + " | ".join(files) + " |",
               "|" + " --- |" * (len(files) + 1)]
     lines += [f"| {r.name} | " + " | ".join(num(r.per_file.get(f)) for f in files) + " |" for r in rows]
@@ -175,6 +182,7 @@ def _choices(raw: str, allowed: tuple[str, ...] | dict, flag: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> str:
     from hardware.environment import int8_features, int8_saturates
+    from search.benchmarks.minilm import mean_drop_interval
 
     students = _choices(args.students, STUDENTS, "--students")
     methods = _choices(args.methods, METHODS, "--methods")
@@ -185,22 +193,24 @@ def run(args: argparse.Namespace) -> str:
     reference = tasks[methods[0]]  # the evaluation data are the same for both methods
     fp32 = reference.fp32_onnx().path
     rows = []
-    teacher_quality, teacher_files = evaluate(reference, fp32)
-    rows.append(Row("teacher fp32", "teacher", "-", None, teacher_quality, teacher_files))
+    teacher_quality, teacher_files, teacher_pairs = evaluate(reference, fp32)
+    rows.append(Row("teacher fp32", "teacher", "-", None, teacher_quality, teacher_files, heldout_pairs=teacher_pairs))
     if not args.no_int8:
-        q, f = evaluate(reference, int8_per_channel(fp32, work / "teacher.int8.onnx"))
-        rows.append(Row(f"teacher {INT8}", "teacher", "-", None, q, f))
+        q, f, pairs = evaluate(reference, int8_per_channel(fp32, work / "teacher.int8.onnx"))
+        rows.append(Row(f"teacher {INT8}", "teacher", "-", None, q, f, heldout_pairs=pairs))
     for student in students:
         for method in methods:
             name = f"{student} {method}" + ("" if args.no_int8 else f" + {INT8}")
             print(f"[distill bench] {name}: training {args.epochs} epoch(s) on {args.sentences} sentences", flush=True)
             model, minutes = train(tasks[method], student, method, args.epochs)
-            q, f = evaluate(reference, export(reference, model, work / f"{student}-{method}", not args.no_int8))
-            rows.append(Row(name, student, method, minutes, q, f))
+            q, f, pairs = evaluate(reference, export(reference, model, work / f"{student}-{method}", not args.no_int8))
+            rows.append(Row(name, student, method, minutes, q, f, heldout_pairs=pairs))
             print(f"[distill bench] {name}: {minutes:.1f} min/epoch, "
                   + ", ".join(f"{s} {v:.2f}" for s, v in q.items()), flush=True)
     for r in rows:
         r.drop = {s: teacher_quality[s] - v for s, v in r.quality.items() if s in teacher_quality}
+        if teacher_pairs and r is not rows[0]:
+            r.heldout_interval = mean_drop_interval([(teacher_pairs[f], r.heldout_pairs[f]) for f in teacher_pairs])
     context = {"command": "python -m search.benchmarks.distill " + " ".join(args.argv),
                "epochs": str(args.epochs), "sentences per epoch": str(args.sentences),
                "pairs per file": str(args.max_pairs or "all"), "held-out files": args.holdout,

@@ -16,9 +16,10 @@ times every artifact in turn, so drift on a shared host hits all of them alike. 
 point's ratios are given against unfused fp32 and against the best expert baseline. Every point is
 also scored where nothing was chosen on it (the space's report split, `sts_dir/test/`, and its
 held-out STS sets): `report_drop`, `heldout_drop` (mean over the held-out sets) and
-`heldout_worst_drop` (with its 95% interval over resampled pairs: a file of a few hundred pairs
-moves by about +-2 points by chance), and a line compares the fastest search point and the fastest expert baseline
-within 0.5 drop there.
+`heldout_worst_drop`, each with its 95% interval over resampled pairs (`heldout_low` .. `heldout_high`,
+`heldout_worst_low` .. `heldout_worst_high`: a file of a few hundred pairs moves by about +-2 points
+by chance), and a line compares the fastest search point and the fastest expert baseline within 0.5
+drop there.
 
 Goal (issue 7): a point >= 2x faster than fp32 at <= 0.5 points mean Spearman drop, and a point
 >= 8x smaller at <= 1.0 point drop.
@@ -169,44 +170,60 @@ def best_baselines(points: list[Point]) -> tuple[Point | None, Point | None]:
     return (min(fast, key=lambda p: p.p50) if fast else None, min(small, key=lambda p: p.bytes) if small else None)
 
 
-RESAMPLES = 1000  # paired bootstrap of a held-out file's drop
+RESAMPLES = 1000  # paired bootstrap of a held-out drop
+Pairs = tuple[np.ndarray, np.ndarray]  # each pair's cosine, its gold score
 
 
-def drop_interval(base: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray],
-                  resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the Spearman x100 drop from `base` to `other` (each: pair cosines, gold scores, the
-    same pairs) over the file's pairs resampled with replacement, both scored on the same resample: how far
-    the drop on a few hundred pairs could move by chance. A file of 400 pairs gives about +-2 points."""
+def mean_drop_interval(files: list[tuple[Pairs, Pairs]], resamples: int = RESAMPLES,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean over `files` of the Spearman x100 drop from a base model to another (each
+    file: (base pairs, other pairs), the same pairs), each file's pairs resampled with replacement and both
+    models scored on the same resample: how far the drop on a few hundred pairs per file could move by
+    chance. A file of 400 pairs alone gives about +-2 points."""
     from scipy.stats import spearmanr
 
-    (a, gold), (b, _) = base, other
     rng = np.random.default_rng(seed)
     drops = []
     for _ in range(resamples):
-        i = rng.integers(0, len(gold), len(gold))
-        drops.append(100.0 * (spearmanr(a[i], gold[i]).statistic - spearmanr(b[i], gold[i]).statistic))
+        per_file = []
+        for (a, gold), (b, _) in files:
+            i = rng.integers(0, len(gold), len(gold))
+            per_file.append(100.0 * (spearmanr(a[i], gold[i]).statistic - spearmanr(b[i], gold[i]).statistic))
+        drops.append(np.mean(per_file))
     low, high = np.nanpercentile(drops, [2.5, 97.5])
     return float(low), float(high)
 
 
+def drop_interval(base: Pairs, other: Pairs, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """`mean_drop_interval` of one file."""
+    return mean_drop_interval([(base, other)], resamples, seed)
+
+
 def out_of_sample(p: Point, base: Point) -> dict[str, float]:
     """`p`'s drops against fp32 where nothing was chosen: the report split's mean, and the held-out STS
-    sets' mean and worst file (the sets in neither split, where a front's loss shows most), with the worst
-    file's 95% interval over resampled pairs (`drop_interval`; nan without the pairs)."""
+    sets' mean and worst file (the sets in neither split, where a front's loss shows most), each held-out
+    figure with its 95% interval over resampled pairs (`mean_drop_interval`; nan without the pairs)."""
     nan = float("nan")
+    keys = ("report_drop", "heldout_drop", "heldout_low", "heldout_high", "heldout_worst_drop",
+            "heldout_worst_low", "heldout_worst_high")
     if p.report is None or base.report is None:
-        return {"report_drop": nan, "heldout_drop": nan, "heldout_worst_drop": nan, "heldout_worst_low": nan,
-                "heldout_worst_high": nan}
+        return dict.fromkeys(keys, nan)
     held = {k: base.report_files[k] - v for k, v in p.report_files.items() if k.startswith("heldout:")}
     worst = max(held, key=held.__getitem__) if held else None
-    stem = None if worst is None else worst.removeprefix("heldout:")
+    stems = [k.removeprefix("heldout:") for k in held]
+    paired = [s for s in stems if s in p.heldout_pairs and s in base.heldout_pairs]
     low, high = (nan, nan)
-    if stem in p.heldout_pairs and stem in base.heldout_pairs:
-        low, high = drop_interval(base.heldout_pairs[stem], p.heldout_pairs[stem])
+    if paired and len(paired) == len(stems):
+        low, high = mean_drop_interval([(base.heldout_pairs[s], p.heldout_pairs[s]) for s in stems])
+    worst_low, worst_high = (nan, nan)
+    stem = None if worst is None else worst.removeprefix("heldout:")
+    if stem in paired:
+        worst_low, worst_high = drop_interval(base.heldout_pairs[stem], p.heldout_pairs[stem])
     return {"report_drop": round(base.report - p.report, 2),
             "heldout_drop": round(float(np.mean(list(held.values()))), 2) if held else nan,
+            "heldout_low": round(low, 2), "heldout_high": round(high, 2),
             "heldout_worst_drop": round(held[worst], 2) if worst else nan,
-            "heldout_worst_low": round(low, 2), "heldout_worst_high": round(high, 2)}
+            "heldout_worst_low": round(worst_low, 2), "heldout_worst_high": round(worst_high, 2)}
 
 
 def write(points: list[Point], out: Path, context: dict[str, str]) -> str:
@@ -241,7 +258,8 @@ def write(points: list[Point], out: Path, context: dict[str, str]) -> str:
     hv = {m: hypervolume_of(ps, base) for m, ps in methods.items()}
     _plot(points, out / "minilm.png")
 
-    cols = ["name", "spearman", "drop", *stems, "report_drop", "heldout_drop", "heldout_worst_drop",
+    cols = ["name", "spearman", "drop", *stems, "report_drop", "heldout_drop", "heldout_low", "heldout_high",
+            "heldout_worst_drop",
             "heldout_worst_low", "heldout_worst_high", "fidelity",
             "p50_ms", "speedup", "speedup_vs_best", "drop_vs_best",
             "bytes", "smaller", "smaller_vs_best", "goal_2x_0.5", "goal_8x_1.0"]
@@ -282,10 +300,12 @@ def _out_of_sample_lines(rows: list[dict]) -> list[str]:
         if within:
             r = min(within, key=lambda r: (r["p50_ms"], r["drop"]))  # equally fast (to 0.1 ms): the better one
             lines.append(f"- {label}, {r['name']}: selection {r['drop']}, report {r['report_drop']}, held-out "
-                         f"mean {r['heldout_drop']}, worst held-out file {r['heldout_worst_drop']} (95% interval "
-                         f"over resampled pairs {r['heldout_worst_low']} to {r['heldout_worst_high']})")
+                         f"mean {r['heldout_drop']} (95% interval over resampled pairs {r['heldout_low']} to "
+                         f"{r['heldout_high']}), worst held-out file {r['heldout_worst_drop']} "
+                         f"({r['heldout_worst_low']} to {r['heldout_worst_high']})")
     return [*lines, "A held-out file has a few hundred pairs: its drop moves by chance within the interval shown "
-            "(`heldout_worst_low` .. `heldout_worst_high`; the same resampled pairs score both models).", ""]
+            "(`heldout_low` .. `heldout_high` for the mean, `heldout_worst_low` .. `heldout_worst_high` for the "
+            "worst file; the same resampled pairs score both models).", ""]
 
 
 def _plot(points: list[Point], path: Path) -> None:

@@ -38,6 +38,8 @@ def test_a_tiny_run_measures_every_split_on_the_artifacts(tmp_path: Path) -> Non
     for split in ("selection", "report", "heldout"):
         assert float(rows[0][f"{split}_drop"]) == 0.0
         assert -30 < float(student[f"{split}_drop"]) < 30  # a real Spearman on 8 pairs per file: noisy, finite
+    assert rows[0]["heldout_low"] == ""  # the teacher against itself: no interval
+    assert float(student["heldout_low"]) <= float(student["heldout_high"])  # over resampled held-out pairs
     assert "sts2016-plagiarism" in rows[0] and "sts2014-tweet-news" in rows[0]
     assert "| keep5 new + int8 dynamic per-channel |" in (out / "distill.md").read_text()
     assert list((tmp_path / "cache" / "teacher").rglob("*-h.pt"))  # teacher targets cached with hidden states

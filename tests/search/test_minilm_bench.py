@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.benchmarks.minilm import Point, drop_interval, out_of_sample, write
+from search.benchmarks.minilm import Point, drop_interval, mean_drop_interval, out_of_sample, write
 
 
 def _point(tmp_path: Path, name: str, method: str, quality: float, report: float, held: tuple[float, float],
@@ -26,7 +26,8 @@ def test_out_of_sample_drops_are_the_report_mean_and_the_held_out_mean_and_worst
     figures = out_of_sample(p, base)
     assert {k: figures[k] for k in ("report_drop", "heldout_drop", "heldout_worst_drop")} == {
         "report_drop": 1.0, "heldout_drop": -0.1, "heldout_worst_drop": 0.8}
-    assert math.isnan(figures["heldout_worst_low"])  # no pairs given: no interval, not a made-up one
+    # no pairs given: no interval, not a made-up one
+    assert math.isnan(figures["heldout_worst_low"]) and math.isnan(figures["heldout_low"])
     # A space without a report split: not a number, not zero.
     bare = Point("x", "search", p.path, quality=74.8)
     assert all(math.isnan(v) for v in out_of_sample(bare, base).values())
@@ -39,9 +40,11 @@ def test_table_names_the_fastest_search_and_expert_points_out_of_sample(tmp_path
               _point(tmp_path, "search #3", "search", 74.7, 79.5, (70.5, 59.0), 50.0, 240),
               _point(tmp_path, "search #4", "search", 73.0, 78.0, (68.0, 58.0), 30.0, 200)]  # 2.0 drop: too much
     text = write(points, tmp_path / "out", {"cpu": "test"})
-    assert "report_drop | heldout_drop | heldout_worst_drop | heldout_worst_low | heldout_worst_high" in text
-    assert "- search, search #3: selection 0.3, report 0.5, held-out mean 0.25, worst held-out file 1.0 (95%" in text
-    assert "- best expert, expert int8: selection 0.1, report 0.1, held-out mean 0.1, worst held-out file 0.1 (" in text
+    assert ("report_drop | heldout_drop | heldout_low | heldout_high | heldout_worst_drop | heldout_worst_low | "
+            "heldout_worst_high") in text
+    assert "- search, search #3: selection 0.3, report 0.5, held-out mean 0.25 (95% interval" in text
+    assert "), worst held-out file 1.0 (" in text
+    assert "- best expert, expert int8: selection 0.1, report 0.1, held-out mean 0.1 (95%" in text
     csv_header = (tmp_path / "out" / "minilm.csv").read_text().splitlines()[0]
     assert "heldout_worst_drop" in csv_header and "expert" in csv_header
 
@@ -59,4 +62,24 @@ def test_a_held_out_files_drop_comes_with_its_interval_over_resampled_pairs(tmp_
     p = _point(tmp_path, "cut", "search", 74.8, 79.0, (71.0, 59.2), 50.0, 250)
     base.heldout_pairs, p.heldout_pairs = {"b": (teacher, gold)}, {"b": (close, gold)}
     figures = out_of_sample(p, base)  # the worst file is b (0.8): its interval
+    assert figures["heldout_worst_low"] < figures["heldout_worst_high"]
+    assert math.isnan(figures["heldout_low"])  # file a has no pairs: no interval of the mean either
+
+
+def test_the_held_out_mean_comes_with_its_interval_over_both_files_resampled(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    files = []
+    for _ in range(2):
+        gold = rng.uniform(0, 5, 400)
+        teacher = gold + rng.normal(0, 1.5, 400)
+        files.append(((teacher, gold), (teacher + rng.normal(0, 0.3, 400), gold)))
+    one = drop_interval(*files[0], resamples=300)
+    both = mean_drop_interval(files, resamples=300)
+    assert both[0] < both[1] and both[1] - both[0] < one[1] - one[0]  # two files average out some chance
+    base = _point(tmp_path, "fp32", "fp32", 75.0, 80.0, (70.0, 60.0), 100.0, 1000)
+    p = _point(tmp_path, "cut", "search", 74.8, 79.0, (71.0, 59.2), 50.0, 250)
+    base.heldout_pairs = {"a": files[0][0], "b": files[1][0]}
+    p.heldout_pairs = {"a": files[0][1], "b": files[1][1]}
+    figures = out_of_sample(p, base)
+    assert figures["heldout_low"] < figures["heldout_high"]
     assert figures["heldout_worst_low"] < figures["heldout_worst_high"]
