@@ -320,3 +320,40 @@ def test_a_follow_up_is_queued_once_within_the_budget_and_not_followed_up(digits
     (tmp_path / "weak").mkdir()
     weak = _study_with_parent(digits, tmp_path / "weak", drop=0.05)  # over 2x the allowed drop
     assert not enqueue_longer(weak, weak.trials[0], digits, budget=10, storage=f"sqlite:///{tmp_path}/weak/optuna.db")
+
+
+def test_a_student_another_cut_beats_quantized_alike_gets_no_variants_or_follow_up(digits, tmp_path: Path) -> None:
+    """MiniLM's FFN -25% anchor beside 5 of 6 layers: worse, slower and no smaller, both unquantized."""
+    from search.follow_ups import after_trial
+    from search.reuse import LONGER_ATTR, beaten_by
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize", "minimize"])
+    milder = _parent(digits, **{"prune.ratio": 0.3, "distill.epochs": 2, "quantize.floor": "fp32"})
+    rest = {k: v for k, v in milder.params.items() if not k.startswith(("prune.", "distill."))}
+
+    def add(ratio: float, values: list[float], epochs: int = 2, **attrs) -> optuna.trial.FrozenTrial:
+        cut = _parent(digits, **{**rest, "prune.ratio": ratio, "distill.epochs": epochs})
+        study.add_trial(optuna.trial.create_trial(
+            params=cut.params, distributions=cut.distributions, values=values,
+            user_attrs={"quality_drop": 0.96 - values[0], "student_cached": "miss", "student_key": str(ratio),
+                        **attrs}))
+        return study.get_trials(deepcopy=False)[-1]
+
+    better = add(0.5, [0.955, 1.0, 100.0])
+    beaten = add(0.3, [0.950, 1.1, 100.0])  # worse and slower, as large
+    assert beaten_by(beaten, study.get_trials(deepcopy=False), study.directions).number == better.number
+    assert beaten_by(better, study.get_trials(deepcopy=False), study.directions) is None
+    said: list[str] = []
+    after_trial(digits, budget=20, storage=storage, say=said.append)(study, beaten)
+    assert not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # no variant, no follow-up
+    assert said == [f"trial {beaten.number}'s student is beaten by trial {better.number}'s (as good or better on "
+                    "every objective, quantized alike): no variants or follow-up trained longer for it"]
+    # Faster on one objective is not beaten; nor is the same cut trained otherwise (the ladder's business)
+    faster = add(0.3, [0.950, 0.9, 100.0], epochs=4)
+    assert beaten_by(faster, study.get_trials(deepcopy=False), study.directions) is None
+    same_cut = add(0.5, [0.952, 1.1, 100.0], epochs=4, **{LONGER_ATTR: better.number})  # beaten by its parent
+    assert beaten_by(same_cut, study.get_trials(deepcopy=False), study.directions) is None
+    # The better one itself gets them
+    after_trial(digits, budget=20, storage=storage, say=said.append)(study, better)
+    assert any(VARIANT_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
