@@ -9,6 +9,8 @@ completes that
 - is not itself a variant,
 - completed, or was rejected early by its proxy (search/rejection.py),
 - and is promising: its quality drop is within PROMISING x the allowed drop,
+- and is not beaten as it stands by another cut quantized alike (`beaten_by`, checked by the driver's
+  callback, search/follow_ups.py; a beaten student gets no follow-up trained longer either),
 
 variants of it are enqueued at once (they run before the sampler draws a new student; a cut student
 over the allowed drop that is trained longer waits for that follow-up: `trains_longer_first`): as many as
