@@ -68,6 +68,14 @@ class Run:
     seconds: list[float] = field(default_factory=list)  # wall time since the study started
     hv: list[float] = field(default_factory=list)
     rejected: int = 0
+    host: str = ""  # the CPU and its int8 flags that timed this run's baseline
+
+
+def host_of(environment: dict[str, str]) -> str:
+    """'AMD EPYC (avx2, avx512f, avx512_vnni)': what a run's latency ratios read against. A study resumed
+    on another machine (a benchmark continued in a later session) keeps the host of its baseline."""
+    cpu = environment.get("cpu", "unknown CPU")
+    return f"{cpu} ({environment['cpu_int8']})" if environment.get("cpu_int8") else cpu
 
 
 def run_study(space_file: Path, study: str, trials: int, seed: int, results_dir: Path) -> None:
@@ -98,6 +106,7 @@ def hypervolume_curve(study_name: str, storage: str, max_drop: float, run: Run) 
     base = next(t for t in finished if t.user_attrs.get("baseline") and t.values)
     start = min(t.datetime_start for t in finished if t.datetime_start)
     quality0, latency0, bytes0 = base.values
+    run.host = host_of(base.user_attrs.get("environment") or {})
     losses = [(0.0, 1.0, 1.0)]  # the baseline's own corner
     for count, t in enumerate(finished, start=1):
         if t.state == TrialState.PRUNED:
@@ -166,14 +175,26 @@ def _mean_curve_lines(curves: dict[str, list[float]], budget: int) -> list[str]:
     return lines
 
 
+def _hosts_line(runs: list[Run]) -> str:
+    """Which machine timed which runs: one line when all ran on one host, else each host with its runs
+    (hypervolumes stay comparable, each run's latencies being ratios to its own baseline, but int8's
+    gain differs by host)."""
+    hosts: dict[str, list[str]] = {}
+    for r in runs:
+        hosts.setdefault(r.host or "not recorded", []).append(f"{r.method} s{r.seed}")
+    if len(hosts) == 1:
+        return f"Timed on: {next(iter(hosts))} (all {len(runs)} runs)."
+    return "Timed on several hosts: " + "; ".join(f"{h}: {', '.join(names)}" for h, names in hosts.items()) + "."
+
+
 def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str, str]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "efficiency.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["workload", "method", "seed", "trials", "seconds", "hypervolume"])
+        writer.writerow(["workload", "method", "seed", "trials", "seconds", "hypervolume", "host"])
         for r in runs:
             for count, seconds, hv in zip(r.trials, r.seconds, r.hv, strict=True):
-                writer.writerow([r.workload, r.method, r.seed, count, round(seconds, 1), round(hv, 5)])
+                writer.writerow([r.workload, r.method, r.seed, count, round(seconds, 1), round(hv, 5), r.host])
     lines = ["# Search efficiency: random vs plain TPE vs guided", "",
              *[f"- {k}: {v}" for k, v in context.items()], ""]
     for workload, budget in budgets.items():
@@ -198,7 +219,7 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
                          f"{max(finals):.4f} | {_median([c for c, _ in reached])} | "
                          f"{_median(minutes, 1)} | "
                          f"{sum(r.rejected for r in rs)} | {statistics.fmean(r.seconds[-1] for r in rs) / 60:.1f} |")
-        lines += ["", *_mean_curve_lines(curves, budget)]
+        lines += ["", *_mean_curve_lines(curves, budget), "", _hosts_line(mine)]
         if "guided" in curves and "random" in curves:
             ahead = [k + 1 for k, (g, r) in enumerate(zip(curves["guided"], curves["random"], strict=True)) if g < r]
             lines += ["", "Guided mean hypervolume >= random's at every trial count: "

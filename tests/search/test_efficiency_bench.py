@@ -10,6 +10,7 @@ from search.benchmarks.efficiency import (
     METHODS,
     WORKLOADS,
     Run,
+    _hosts_line,
     _mean_curve_lines,
     curve_reach,
     hypervolume_curve,
@@ -38,7 +39,8 @@ def _study(tmp_path, rows):
 
 def test_hypervolume_grows_only_with_feasible_better_points(tmp_path):
     storage = _study(tmp_path, [
-        ((0.96, 1.0, 1000.0), -1.0, {"baseline": True}, "complete"),
+        ((0.96, 1.0, 1000.0), -1.0, {"baseline": True, "environment": {"cpu": "EPYC", "cpu_int8": "avx2"}},
+         "complete"),
         ((0.80, 0.1, 10.0), 0.14, {}, "complete"),      # infeasible: does not count
         ((0.95, 0.5, 500.0), -0.01, {}, "complete"),    # feasible, twice as fast and small
         (None, None, {}, "pruned"),                     # rejected early
@@ -48,6 +50,7 @@ def test_hypervolume_grows_only_with_feasible_better_points(tmp_path):
     hypervolume_curve("s", storage, max_drop=0.02, run=run)
     assert run.trials == [1, 2, 3, 4, 5]
     assert run.rejected == 1
+    assert run.host == "EPYC (avx2)"  # what timed the baseline the latency ratios read against
     assert run.hv[0] == run.hv[1] == pytest.approx(0.1 * 0.1 * 1.1 / 1.1**3)  # the baseline's corner alone:
     # an infeasible point, however fast, adds nothing
     assert run.hv[1] < run.hv[2] == run.hv[3] < run.hv[4] < 1.0
@@ -95,3 +98,13 @@ def test_each_derived_space_validates(workload, method, tmp_path):
     space = load_space(path, tmp_path / "cache")
     assert space.sampler == ("random" if method == "random" else "tpe")
     assert space.guide.anchors is (method == "guided")
+
+
+def test_runs_from_several_hosts_say_which_ran_where():
+    """A benchmark resumed on another machine (a later session) mixes hosts: the summary names them."""
+    a = Run("minilm", "tpe", 0, host="EPYC (avx2, avx512_vnni)")
+    b = Run("minilm", "guided", 0, host="EPYC (avx2, avx512_vnni)")
+    assert _hosts_line([a, b]) == "Timed on: EPYC (avx2, avx512_vnni) (all 2 runs)."
+    c = Run("minilm", "tpe", 1, host="Xeon (avx2, amx_int8)")
+    assert _hosts_line([a, b, c]) == ("Timed on several hosts: EPYC (avx2, avx512_vnni): tpe s0, guided s0; "
+                                      "Xeon (avx2, amx_int8): tpe s1.")
