@@ -219,12 +219,12 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
                          f"{max(finals):.4f} | {_median([c for c, _ in reached])} | "
                          f"{_median(minutes, 1)} | "
                          f"{sum(r.rejected for r in rs)} | {statistics.fmean(r.seconds[-1] for r in rs) / 60:.1f} |")
-        lines += ["", *_mean_curve_lines(curves, budget), "", _hosts_line(mine)]
+        lines += ["", *_mean_curve_lines(curves, budget)]
         if "guided" in curves and "random" in curves:
             ahead = [k + 1 for k, (g, r) in enumerate(zip(curves["guided"], curves["random"], strict=True)) if g < r]
             lines += ["", "Guided mean hypervolume >= random's at every trial count: "
                       + ("yes" if not ahead else f"no (behind after {', '.join(map(str, ahead[:10]))} trials)")]
-        lines.append("")
+        lines += ["", _hosts_line(mine), ""]
     lines += ["Hypervolume: share of the box (drop / (10 x allowed drop), latency / baseline, bytes / baseline; "
               "reference 1.1), feasible trials plus the baseline. Each run's latency ratios come from its own "
               "baseline on the same host; wall minutes move with whatever else the host ran."]
