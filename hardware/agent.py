@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -224,9 +225,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU flags of /proc/cpuinfo; None where there is none (not Linux, no flags line)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((line for line in fh if line.startswith("flags")), None)
+    except OSError:
+        return None
+    return None if line is None else frozenset(line.split(":", 1)[-1].split())
+
+
+def int8_features() -> str:
+    """The CPU flags that decide int8 speed (VNNI dot products, AMX tiles), recorded with every figure."""
+    flags = cpu_flags()
+    if flags is None:
+        return "unknown"
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return ", ".join(found) or "none of avx2/avx512/vnni/amx"
+
+
 def base_environment() -> dict[str, str]:
-    return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "machine": platform.machine(),
-            "python": platform.python_version(), "numpy": np.__version__, "host": platform.node()}
+    # The int8 flags are read where the figure is timed (this agent may run on another machine): int8
+    # is about twice as fast with VNNI as without, so a latency ratio only reads against that host.
+    return {"cpu": cpu_model(), "cpu_int8": int8_features(), "cores": str(os.cpu_count()),
+            "machine": platform.machine(), "python": platform.python_version(), "numpy": np.__version__,
+            "host": platform.node()}
 
 
 # ---- ONNX Runtime -------------------------------------------------------------------------
