@@ -32,6 +32,7 @@ from search.budget import used as budget_used
 from search.errors import UserError
 from search.hopeless import hopeless_before
 from search.options import RunOptions
+from search.queue import ask_next
 from search.recipe import Recipe
 from search.recovery import budget_lock, recover_stale_trials, retry_trial, start_heartbeat, worker_alive
 from search.sensitivity import needs_sensitivity
@@ -208,7 +209,7 @@ def run_one_trial(study: optuna.Study, objective: Objective, options: RunOptions
         with warnings.catch_warnings():
             # Optuna's heartbeat is meant for Study.optimize; this loop beats itself (start_heartbeat).
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
+            trial = ask_next(study)  # a cached student's variants before the rest of the queue (search/queue.py)
         trial.set_user_attr("worker", WORKER)
     heartbeat = start_heartbeat(study, trial)
     try:

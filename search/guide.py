@@ -8,8 +8,9 @@ A guided study (the default) does not leave the first trials to chance:
   the Optuna params `sample` reads, so TPE learns from them like from any trial, and they use the
   budget; with a budget smaller than baseline + anchors the most useful ones run.
 - `reuse_students`: quantization variants of a promising new student are tried before another
-  student is trained (search/students.py holds the cache; search/reuse.py queues the variants; none
-  for a student that another cut, quantized alike, beats on every objective).
+  student is trained, ahead of the anchors still queued (search/queue.py; search/students.py holds the
+  cache; search/reuse.py queues the variants; none for a student that another cut, quantized alike,
+  beats on every objective).
 - `train_longer`: a promising cut student (pruned, layers removed) that distillation trained back also
   runs once with that training twice as long (search/reuse.py).
 - `push_cuts`: a cut anchor that leaves at least half the allowed drop to spare runs again with the cut

@@ -12,8 +12,9 @@ completes that
 - and is not beaten as it stands by another cut quantized alike (`beaten_by`, checked by the driver's
   callback, search/follow_ups.py; a beaten student gets no follow-up trained longer either),
 
-variants of it are enqueued at once (they run before the sampler draws a new student; a cut student
-over the allowed drop that is trained longer waits for that follow-up: `trains_longer_first`): as many as
+variants of it are enqueued at once (they run next, ahead of the anchors and follow-ups queued before
+them, search/queue.py, and so before another student is trained; a cut student over the allowed drop
+that is trained longer waits for that follow-up: `trains_longer_first`): as many as
 `guide.reuse_students` says, or with `true` one per standard setting the parent did not use, at
 least one (`Guide.variants_for`). A variant fixes the Optuna params of the student techniques to the parent's,
 so its student prefix, and its cache key, are the parent's: it loads the student instead of
