@@ -32,5 +32,7 @@ def ask_next(study: optuna.Study) -> optuna.Trial:
                 continue
         except UpdateFinishedTrialError:
             continue
+        # As `ask` does (`tell` does too): the sampler reads a per-study cache of the trials; start it afresh.
+        study._thread_local.cached_all_trials = None  # noqa: SLF001
         return optuna.Trial(study, frozen._trial_id)  # noqa: SLF001 - what `ask` builds for a popped trial
     return study.ask()
