@@ -8,8 +8,9 @@ cached student and costs seconds. `ask_next` pops the variants first: the quanti
 student are tried before another student is trained, and the front they bring arrives trials earlier.
 Only the order changes: what is queued, and so what a budget buys, is the same.
 
-On the MiniLM space (12 trials) that moves the 5-of-6-layer student's int8 and int4 variants from
-trials 7-9 to trials 3-5, ahead of the distillation-only, FFN and int4 anchors.
+On the MiniLM space (12 trials) that moves the 5-of-6-layer student's int8 and int4 variants from the
+8th-10th trials run to the 4th-6th, ahead of the distillation-only, FFN and int4 anchors (their trial
+numbers, given when enqueued, stay 7-9).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def ask_next(study: optuna.Study) -> optuna.Trial:
     """`study.ask()`, except that a waiting variant of a cached student is taken before the other waiting
     trials. Safe beside other workers: a trial another worker took first is skipped, as Optuna does."""
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    storage = study._storage  # noqa: SLF001 - Optuna pops a waiting trial only in enqueue order
     for frozen in sorted((t for t in waiting if VARIANT_ATTR in t.user_attrs), key=lambda t: t.number):
-        storage = study._storage  # noqa: SLF001 - Optuna pops a waiting trial only in enqueue order
         try:
             if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
                 continue
