@@ -19,6 +19,14 @@ rerun resumes instead of starting over), with re-measurement off: the benchmark 
 the searches spend their trials, not the re-measurement. Each study starts with an empty
 student cache, so that none loads what another run trained.
 
+Each study times each trial once, when it runs; hours apart on a shared host, one graph's two
+timings can differ by 10-20%, and a curve would jump on a lucky timing. So after a workload's
+studies, every distinct graph behind its curves (each baseline and each feasible trial; identical
+files once) is timed again side by side, in one process, interleaved over 7 rounds
+(`retime`), and the curves use those latencies, each run's against its own baseline. The
+curves as the studies timed them stay in the CSV and in the table's last column; --no-retime
+skips the re-timing.
+
 Hypervolume uses the normalisation of the MiniLM benchmark: quality drop / (10 x the space's
 allowed drop), latency / the study's own baseline latency, bytes / baseline bytes, reference
 1.1 on each axis; only feasible trials count, and the baseline (the corner 0, 1, 1) is part of
@@ -34,16 +42,20 @@ import argparse
 import csv
 import shutil
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from hardware.base import Feeds, Profile
 
 WORKLOADS = {"digits": "spaces/digits.yaml", "minilm": "spaces/minilm_sts.yaml"}
 DEFAULT_TRIALS = {"digits": 40, "minilm": 12}
 METHODS = ("random", "tpe", "guided")
 DROP_SCALE = 10.0  # x the allowed drop: the far edge of the box, as in the MiniLM benchmark
 TARGET = 0.9       # share of the best final hypervolume a method must reach
+RETIME_ROUNDS = 7  # of the side-by-side re-timing: each graph's latency is the median over them
 
 
 def method_space(base_file: str, method: str) -> dict:
@@ -60,15 +72,28 @@ def method_space(base_file: str, method: str) -> dict:
 
 
 @dataclass
+class Step:
+    """One finished trial as the hypervolume reads it."""
+
+    loss: tuple[float, float] | None  # feasible: (normalised drop, bytes / baseline bytes); else None
+    latency_ms: float | None = None   # as the study timed it
+    model: Path | None = None         # its ONNX file, to time again side by side
+
+
+@dataclass
 class Run:
     workload: str
     method: str
     seed: int
     trials: list[int] = field(default_factory=list)   # trial count after each finished trial
     seconds: list[float] = field(default_factory=list)  # wall time since the study started
-    hv: list[float] = field(default_factory=list)
+    hv: list[float] = field(default_factory=list)  # the curve the tables read: re-timed latencies once `retime` ran
     rejected: int = 0
     host: str = ""  # the CPU and its int8 flags that timed this run's baseline
+    steps: list[Step] = field(default_factory=list)
+    base: Step | None = None
+    hv_search: list[float] = field(default_factory=list)  # the curve with each study's own single timings
+    retimed: bool = False
 
 
 def host_of(environment: dict[str, str]) -> str:
@@ -96,7 +121,6 @@ def hypervolume_curve(study_name: str, storage: str, max_drop: float, run: Run) 
     import optuna
     from optuna.trial import TrialState
 
-    from search.report.hypervolume import REF, hypervolume
     from search.study.view import CONSTRAINT_KEY
 
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -107,7 +131,7 @@ def hypervolume_curve(study_name: str, storage: str, max_drop: float, run: Run) 
     start = min(t.datetime_start for t in finished if t.datetime_start)
     quality0, latency0, bytes0 = base.values
     run.host = host_of(base.user_attrs.get("environment") or {})
-    losses = [(0.0, 1.0, 1.0)]  # the baseline's own corner
+    run.base = Step((0.0, 1.0), latency0, _model_file(base.user_attrs.get("artifact_dir")))
     for count, t in enumerate(finished, start=1):
         if t.state == TrialState.PRUNED:
             run.rejected += 1
@@ -115,10 +139,94 @@ def hypervolume_curve(study_name: str, storage: str, max_drop: float, run: Run) 
         feasible = t.state == TrialState.COMPLETE and t.values and (excess is None or excess <= 0)
         if feasible and t is not base:
             quality, latency, size = t.values
-            losses.append((max(0.0, quality0 - quality) / (DROP_SCALE * max_drop), latency / latency0, size / bytes0))
+            run.steps.append(Step((max(0.0, quality0 - quality) / (DROP_SCALE * max_drop), size / bytes0), latency,
+                                  _model_file(t.user_attrs.get("artifact_dir"))))
+        else:
+            run.steps.append(Step(None))
         run.trials.append(count)
         run.seconds.append((t.datetime_complete - start).total_seconds())
-        run.hv.append(hypervolume(losses) / REF ** 3)
+    run.hv = run.hv_search = _curve(run, lambda step: step.latency_ms)
+
+
+def _model_file(artifact_dir: str | None) -> Path | None:
+    if not artifact_dir:
+        return None
+    from hardware.artifact import Artifact
+
+    return Artifact.load(Path(artifact_dir)).path
+
+
+def _curve(run: Run, latency_of: Callable[[Step], float]) -> list[float]:
+    """Hypervolume after each step, the latency of each point (and of the baseline) from `latency_of`."""
+    from search.report.hypervolume import REF, hypervolume
+
+    latency0 = latency_of(run.base)
+    losses = [(0.0, 1.0, 1.0)]  # the baseline's own corner
+    curve = []
+    for step in run.steps:
+        if step.loss is not None:
+            drop, size = step.loss
+            losses.append((drop, latency_of(step) / latency0, size))
+        curve.append(hypervolume(losses) / REF ** 3)
+    return curve
+
+
+def objective_timing(space_file: Path, results_dir: Path) -> tuple[Profile, Feeds]:
+    """The space's objective profile and one query of its batch size: what `retime` times."""
+    from search.space import load_space
+    from search.tasks import TASKS
+
+    space = load_space(str(space_file), results_dir / "cache" / "models")
+    profile = next(p for p in space.profiles if p.name == space.objective_profile)
+    if profile.backend != "onnxruntime":
+        raise SystemExit(f"{space_file}: re-timing needs an onnxruntime objective profile, not {profile.backend}")
+    task = TASKS[space.task_name](space.task_options, results_dir / "cache" / "models")
+    return profile, task.query_feeds(profile.batch_size)
+
+
+def retime(runs: list[Run], profile: Profile, feeds: Feeds, rounds: int = RETIME_ROUNDS,
+           say: Callable[[str], None] = print) -> dict[str, int]:
+    """Time every distinct graph behind the runs' hypervolumes (each baseline and each feasible trial)
+    side by side, in one process, interleaved, on the space's objective profile; then recompute each
+    run's curve with those latencies, each run's ratios still against its own baseline.
+
+    Why: the studies time each trial once, minutes or hours apart, and a single timing on a shared host
+    is off by 10-20% now and then; a curve then jumps when a lucky timing of an earlier graph comes up
+    again. Identical files (the same student and quantization reached twice) are timed once, so they
+    get one latency. A point whose file is gone keeps its study timing, scaled by its baseline's ratio
+    of re-timed to study latency; `retime` counts those."""
+    import hashlib
+
+    from hardware.agent import ort_session
+    from search.benchmarks.side_by_side import interleaved_samples
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    by_hash: dict[str, Path] = {}
+    hash_of: dict[Path, str] = {}
+    for r in runs:
+        for step in [r.base, *r.steps]:
+            if step is not None and step.model is not None and step.model not in hash_of and step.model.exists():
+                hash_of[step.model] = h = digest(step.model)
+                by_hash.setdefault(h, step.model)
+    say(f"re-timing {len(by_hash)} distinct graphs ({len(hash_of)} files) side by side, {rounds} rounds")
+    sessions = [ort_session(str(m), profile.provider, profile.options, profile.threads, profile.graph_optimization)
+                for m in by_hash.values()]
+    samples = interleaved_samples([lambda s=s: s.run(None, feeds) for s in sessions], rounds)
+    p50 = {h: statistics.median(ms) for h, ms in zip(by_hash, samples, strict=True)}
+    missing = 0
+    for r in runs:
+        if r.base is None or r.base.model not in hash_of:
+            continue  # no baseline file: the run keeps its study timings
+        scale = p50[hash_of[r.base.model]] / r.base.latency_ms
+
+        def latency_of(step: Step, scale=scale) -> float:
+            return p50[hash_of[step.model]] if step.model in hash_of else step.latency_ms * scale
+
+        missing += sum(1 for s in r.steps if s.loss is not None and s.model not in hash_of)
+        r.hv, r.retimed = _curve(r, latency_of), True
+    return {"graphs": len(by_hash), "files": len(hash_of), "rounds": rounds, "not_retimed": missing}
 
 
 def reach(run: Run, target: float) -> tuple[int | None, float | None]:
@@ -191,10 +299,12 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "efficiency.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["workload", "method", "seed", "trials", "seconds", "hypervolume", "host"])
+        writer.writerow(["workload", "method", "seed", "trials", "seconds", "hypervolume", "hypervolume_study_timing",
+                         "retimed", "host"])
         for r in runs:
-            for count, seconds, hv in zip(r.trials, r.seconds, r.hv, strict=True):
-                writer.writerow([r.workload, r.method, r.seed, count, round(seconds, 1), round(hv, 5), r.host])
+            for count, seconds, hv, hv_search in zip(r.trials, r.seconds, r.hv, r.hv_search or r.hv, strict=True):
+                writer.writerow([r.workload, r.method, r.seed, count, round(seconds, 1), round(hv, 5),
+                                 round(hv_search, 5), r.retimed, r.host])
     lines = ["# Search efficiency: random vs plain TPE vs guided", "",
              *[f"- {k}: {v}" for k, v in context.items()], ""]
     for workload, budget in budgets.items():
@@ -205,7 +315,7 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
         target = TARGET * best
         lines += [f"## {workload} ({budget} trials per run, best final hypervolume {best:.4f})", "",
                   "| method | runs | final HV mean | min | max | trials to 90% (median) | minutes to 90% (median) "
-                  "| rejected early | wall minutes (mean) |", "|" + " --- |" * 9]
+                  "| rejected early | wall minutes (mean) | final HV mean, study timings |", "|" + " --- |" * 10]
         curves = {}
         for method in METHODS:
             rs = [r for r in mine if r.method == method]
@@ -218,7 +328,8 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
             lines.append(f"| {method} | {len(rs)} | {statistics.fmean(finals):.4f} | {min(finals):.4f} | "
                          f"{max(finals):.4f} | {_median([c for c, _ in reached])} | "
                          f"{_median(minutes, 1)} | "
-                         f"{sum(r.rejected for r in rs)} | {statistics.fmean(r.seconds[-1] for r in rs) / 60:.1f} |")
+                         f"{sum(r.rejected for r in rs)} | {statistics.fmean(r.seconds[-1] for r in rs) / 60:.1f} | "
+                         f"{statistics.fmean((r.hv_search or r.hv)[-1] for r in rs):.4f} |")
         lines += ["", *_mean_curve_lines(curves, budget)]
         if "guided" in curves and "random" in curves:
             ahead = [k + 1 for k, (g, r) in enumerate(zip(curves["guided"], curves["random"], strict=True)) if g < r]
@@ -227,7 +338,12 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
         lines += ["", _hosts_line(mine), ""]
     lines += ["Hypervolume: share of the box (drop / (10 x allowed drop), latency / baseline, bytes / baseline; "
               "reference 1.1), feasible trials plus the baseline. Each run's latency ratios come from its own "
-              "baseline on the same host; wall minutes move with whatever else the host ran."]
+              "baseline on the same host; wall minutes move with whatever else the host ran.",
+              "",
+              "Latencies: unless the runs say otherwise above, every distinct graph behind a curve (each baseline and "
+              "each feasible trial, identical files once) was timed again after the studies, side by side in one "
+              "process, interleaved, median over the rounds; the curves and the first columns use those. The last "
+              "column keeps the curves as each study timed its trials, once each, at different times."]
     _plot(runs, budgets, out / "efficiency.png")
     text = "\n".join(lines) + "\n"
     (out / "efficiency.md").write_text(text)
@@ -278,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--results-dir", default="results/efficiency-bench")
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--no-retime", dest="retime", action="store_false",
+                        help="keep each study's own single timings instead of timing every point again side by side")
     args = parser.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     methods = [m for m in args.methods.split(",") if m]
@@ -294,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     spaces_dir.mkdir(parents=True, exist_ok=True)
     storage = default_storage(results_dir)
     runs = []
+    retimings = {}
     for workload in workloads:
         # Seed by seed, every method in turn: a run stopped early holds whole seeds of every method
         # (the same command again resumes each study where it stopped and skips finished ones), and
@@ -309,10 +428,19 @@ def main(argv: list[str] | None = None) -> int:
                 run = Run(workload, method, seed)
                 hypervolume_curve(study, storage, float(data["constraints"]["max_quality_drop"]), run)
                 runs.append(run)
+        if args.retime:
+            mine = [r for r in runs if r.workload == workload]
+            info = retime(mine, *objective_timing(spaces_dir / f"{workload}-{methods[0]}.yaml", results_dir))
+            retimings[workload] = (f"{info['graphs']} distinct graphs ({info['files']} files) timed side by side, "
+                                   f"{info['rounds']} rounds; {info['not_retimed']} feasible points whose file was "
+                                   "gone kept their study timing")
     env = environment()
     context = {"seeds per method": str(args.seeds), "methods": ", ".join(methods),
                **{k: str(env[k]) for k in ("cpu", "onnxruntime", "torch", "optuna") if k in env},
-               "cpu int8 features": int8_features()}
+               "cpu int8 features": int8_features(),
+               **{f"re-timed ({w})": text for w, text in retimings.items()}}
+    if not args.retime:
+        context["re-timed"] = "no (--no-retime): the curves use each study's own single timings"
     print(write(runs, budgets, Path(args.out), context))
     return 0
 

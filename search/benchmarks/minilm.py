@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,19 +135,12 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
 
 
 def measure(points: list[Point], query: dict[str, np.ndarray], rounds: int, per_round: int) -> None:
-    from hardware.lock import measurement_lock
+    from search.benchmarks.side_by_side import interleaved_samples
 
     sessions = [session(p.path) for p in points]
-    for s in sessions:  # warm-up, untimed
-        for _ in range(3):
-            s.run(None, query)
-    for _ in range(rounds):
-        for p, s in zip(points, sessions, strict=True):
-            with measurement_lock():
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    s.run(None, query)
-                    p.samples_ms.append((time.perf_counter() - t0) * 1e3)
+    samples = interleaved_samples([lambda s=s: s.run(None, query) for s in sessions], rounds, per_round)
+    for p, ms in zip(points, samples, strict=True):
+        p.samples_ms.extend(ms)
 
 
 def hypervolume_of(points: list[Point], base: Point) -> float:

@@ -108,3 +108,57 @@ def test_runs_from_several_hosts_say_which_ran_where():
     c = Run("minilm", "tpe", 1, host="Xeon (avx2, amx_int8)")
     assert _hosts_line([a, b, c]) == ("Timed on several hosts: EPYC (avx2, avx512_vnni): tpe s0, guided s0; "
                                       "Xeon (avx2, amx_int8): tpe s1.")
+
+
+def _mlp(path, sizes):
+    """Gemm-Relu-...-Gemm with a dynamic batch: a real ONNX file to time."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        inits += [numpy_helper.from_array(rng.standard_normal((a, b)).astype(np.float32), f"w{i}")]
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"]))
+        x = f"r{i}"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])]
+    outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", sizes[-1]])]
+    graph = helper.make_graph(nodes, "mlp", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+def test_retiming_times_each_distinct_graph_once_side_by_side(tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from hardware.base import Profile
+    from search.benchmarks.efficiency import Step, _curve, retime
+
+    big = _mlp(tmp_path / "big.onnx", (64, 1024, 1024, 8))
+    small = _mlp(tmp_path / "small.onnx", (64, 16, 8))
+    twin = shutil.copy(small, tmp_path / "twin.onnx")  # the same graph reached again: one timing for both
+    run = Run("digits", "guided", 0, trials=[1, 2, 3, 4, 5], seconds=[1, 2, 3, 4, 5])
+    run.base = Step((0.0, 1.0), 1.0, big)
+    run.steps = [Step(None),                                    # the baseline's own trial
+                 Step((0.1, 0.5), 0.9, small),                   # timed unluckily slow by its study
+                 Step(None, 0.01, small),                        # infeasible: not timed, adds nothing
+                 Step((0.1, 0.5), 0.3, twin),                    # the same graph, timed luckily fast
+                 Step((0.2, 0.4), 0.5, tmp_path / "gone.onnx")]  # its file was deleted
+    run.hv = run.hv_search = _curve(run, lambda s: s.latency_ms)
+    assert run.hv_search[3] > run.hv_search[1]  # the study's timings: the twin looks like progress
+
+    profile = Profile(name="t", backend="onnxruntime", threads=1)
+    info = retime([run], profile, {"x": np.ones((1, 64), np.float32)}, rounds=3, say=lambda _: None)
+    assert info == {"graphs": 2, "files": 3, "rounds": 3, "not_retimed": 1}
+    assert run.retimed and run.hv_search[3] > run.hv_search[1]
+    assert run.hv[3] == run.hv[1]  # one latency for one graph: the twin adds no volume
+    assert run.hv[0] == pytest.approx(0.1 * 0.1 * 1.1 / 1.1**3)
+    assert run.hv[1] > run.hv[0]  # the small graph is faster than the big baseline, side by side
+    assert run.hv[4] >= run.hv[3]  # the point whose file is gone keeps its study ratio: 0.5 of the baseline
+
