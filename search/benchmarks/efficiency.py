@@ -2,6 +2,7 @@
 
     python -m search.benchmarks.efficiency [--workloads digits,minilm] [--trials digits=40,minilm=12]
         [--seeds 3] [--methods random,tpe,guided] [--results-dir results/efficiency-bench] [--out results/bench]
+        [--no-retime]
 
 Each workload's own space file is run unchanged except for what the method is:
 
