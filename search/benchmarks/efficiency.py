@@ -199,10 +199,17 @@ def retime(runs: list[Run], profile: Profile, feeds: Feeds, rounds: int = RETIME
     import hashlib
 
     from hardware.agent import ort_session
+    from hardware.sizes import artifact_files
     from search.benchmarks.side_by_side import interleaved_samples
 
     def digest(path: Path) -> str:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        # The external-data file too, where the exporter wrote one: two students can share a graph file
+        # whose weights live beside it.
+        h = hashlib.sha256()
+        for part in artifact_files(path):
+            with part.open("rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+        return h.hexdigest()
 
     by_hash: dict[str, Path] = {}
     hash_of: dict[Path, str] = {}
