@@ -2,7 +2,7 @@
 
     python -m search.benchmarks.efficiency [--workloads digits,minilm] [--trials digits=40,minilm=12]
         [--seeds 3] [--methods random,tpe,guided] [--results-dir results/efficiency-bench] [--out results/bench]
-        [--no-retime]
+        [--retime-seconds 180 | --no-retime]
 
 Each workload's own space file is run unchanged except for what the method is:
 
@@ -23,8 +23,10 @@ student cache, so that none loads what another run trained.
 Each study times each trial once, when it runs; hours apart on a shared host, one graph's two
 timings can differ by 10-20%, and a curve would jump on a lucky timing. So after a workload's
 studies, every distinct graph behind its curves (each baseline and each feasible trial; identical
-files once) is timed again side by side, in one process, interleaved over 7 rounds
-(`retime`), and the curves use those latencies, each run's against its own baseline. The
+files once) is timed again side by side, in one process, interleaved over as many rounds as
+--retime-seconds (default 180) allows, at least 7 (`retime`), and the curves use those latencies,
+each run's against its own baseline. How far the graphs' medians moved between the first and the
+second half of the rounds is reported beside them: the noise left in the re-timing itself. The
 curves as the studies timed them stay in the CSV and in the table's last column; --no-retime
 skips the re-timing.
 
@@ -56,7 +58,8 @@ DEFAULT_TRIALS = {"digits": 40, "minilm": 12}
 METHODS = ("random", "tpe", "guided")
 DROP_SCALE = 10.0  # x the allowed drop: the far edge of the box, as in the MiniLM benchmark
 TARGET = 0.9       # share of the best final hypervolume a method must reach
-RETIME_ROUNDS = 7  # of the side-by-side re-timing: each graph's latency is the median over them
+RETIME_SECONDS = 180.0  # the side-by-side re-timing's time: as many rounds as fit, each graph's latency the
+MIN_ROUNDS, MAX_ROUNDS = 7, 101  # median over them; a few hundred graphs (digits) still get 7 rounds
 
 
 def method_space(base_file: str, method: str) -> dict:
@@ -185,8 +188,27 @@ def objective_timing(space_file: Path, results_dir: Path) -> tuple[Profile, Feed
     return profile, task.query_feeds(profile.batch_size)
 
 
-def retime(runs: list[Run], profile: Profile, feeds: Feeds, rounds: int = RETIME_ROUNDS,
-           say: Callable[[str], None] = print) -> dict[str, int]:
+def retime_rounds(graphs: int, seconds: float) -> int:
+    """Rounds of the re-timing: as many as `seconds` holds at about ROUND_S per graph and round, within
+    [MIN_ROUNDS, MAX_ROUNDS]. MiniLM's dozen graphs get the maximum (each about 10 s of queries); digits'
+    few hundred get the minimum."""
+    from search.benchmarks.side_by_side import ROUND_S
+
+    return max(MIN_ROUNDS, min(MAX_ROUNDS, int(seconds / (max(1, graphs) * ROUND_S))))
+
+
+def half_drift(samples: list[float]) -> float:
+    """|median of the first half of a graph's samples - median of the second half| / its median: how far its
+    latency moved during the re-timing. The samples are in round order, the same count per round, so the
+    halves are the earlier and the later rounds."""
+    half = len(samples) // 2
+    if half == 0:
+        return 0.0
+    return abs(statistics.median(samples[:half]) - statistics.median(samples[half:])) / statistics.median(samples)
+
+
+def retime(runs: list[Run], profile: Profile, feeds: Feeds, seconds: float = RETIME_SECONDS,
+           rounds: int | None = None, say: Callable[[str], None] = print) -> dict[str, float]:
     """Time every distinct graph behind the runs' hypervolumes (each baseline and each feasible trial)
     side by side, in one process, interleaved, on the space's objective profile; then recompute each
     run's curve with those latencies, each run's ratios still against its own baseline.
@@ -218,11 +240,13 @@ def retime(runs: list[Run], profile: Profile, feeds: Feeds, rounds: int = RETIME
             if step is not None and step.model is not None and step.model not in hash_of and step.model.exists():
                 hash_of[step.model] = h = digest(step.model)
                 by_hash.setdefault(h, step.model)
+    rounds = rounds or retime_rounds(len(by_hash), seconds)
     say(f"re-timing {len(by_hash)} distinct graphs ({len(hash_of)} files) side by side, {rounds} rounds")
     sessions = [ort_session(str(m), profile.provider, profile.options, profile.threads, profile.graph_optimization)
                 for m in by_hash.values()]
     samples = interleaved_samples([lambda s=s: s.run(None, feeds) for s in sessions], rounds)
     p50 = {h: statistics.median(ms) for h, ms in zip(by_hash, samples, strict=True)}
+    drifts = [half_drift(ms) for ms in samples]
     missing = 0
     for r in runs:
         if r.base is None or r.base.model not in hash_of:
@@ -234,7 +258,8 @@ def retime(runs: list[Run], profile: Profile, feeds: Feeds, rounds: int = RETIME
 
         missing += sum(1 for s in r.steps if s.loss is not None and s.model not in hash_of)
         r.hv, r.retimed = _curve(r, latency_of), True
-    return {"graphs": len(by_hash), "files": len(hash_of), "rounds": rounds, "not_retimed": missing}
+    return {"graphs": len(by_hash), "files": len(hash_of), "rounds": rounds, "not_retimed": missing,
+            "drift_median": statistics.median(drifts) if drifts else 0.0, "drift_max": max(drifts, default=0.0)}
 
 
 def reach(run: Run, target: float) -> tuple[int | None, float | None]:
@@ -402,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--results-dir", default="results/efficiency-bench")
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--retime-seconds", type=float, default=RETIME_SECONDS,
+                        help=f"about how long the side-by-side re-timing of each workload's graphs runs (at least "
+                             f"{MIN_ROUNDS} rounds, at most {MAX_ROUNDS}); default %(default)s")
     parser.add_argument("--no-retime", dest="retime", action="store_false",
                         help="keep each study's own single timings instead of timing every point again side by side")
     args = parser.parse_args(argv)
@@ -438,10 +466,13 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
         if args.retime:
             mine = [r for r in runs if r.workload == workload]
-            info = retime(mine, *objective_timing(spaces_dir / f"{workload}-{methods[0]}.yaml", results_dir))
+            info = retime(mine, *objective_timing(spaces_dir / f"{workload}-{methods[0]}.yaml", results_dir),
+                          seconds=args.retime_seconds)
             retimings[workload] = (f"{info['graphs']} distinct graphs ({info['files']} files) timed side by side, "
-                                   f"{info['rounds']} rounds; {info['not_retimed']} feasible points whose file was "
-                                   "gone kept their study timing")
+                                   f"{info['rounds']} rounds; a graph's median moved {100 * info['drift_median']:.1f}% "
+                                   f"(median over graphs; at most {100 * info['drift_max']:.1f}%) between the first "
+                                   f"and the second half of the rounds; {info['not_retimed']} feasible points whose "
+                                   "file was gone kept their study timing")
     env = environment()
     context = {"seeds per method": str(args.seeds), "methods": ", ".join(methods),
                **{k: str(env[k]) for k in ("cpu", "onnxruntime", "torch", "optuna") if k in env},

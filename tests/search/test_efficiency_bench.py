@@ -155,10 +155,23 @@ def test_retiming_times_each_distinct_graph_once_side_by_side(tmp_path):
 
     profile = Profile(name="t", backend="onnxruntime", threads=1)
     info = retime([run], profile, {"x": np.ones((1, 64), np.float32)}, rounds=3, say=lambda _: None)
+    drift = {k: info.pop(k) for k in ("drift_median", "drift_max")}
     assert info == {"graphs": 2, "files": 3, "rounds": 3, "not_retimed": 1}
+    assert 0 <= drift["drift_median"] <= drift["drift_max"]
     assert run.retimed and run.hv_search[3] > run.hv_search[1]
     assert run.hv[3] == run.hv[1]  # one latency for one graph: the twin adds no volume
     assert run.hv[0] == pytest.approx(0.1 * 0.1 * 1.1 / 1.1**3)
     assert run.hv[1] > run.hv[0]  # the small graph is faster than the big baseline, side by side
     assert run.hv[4] >= run.hv[3]  # the point whose file is gone keeps its study ratio: 0.5 of the baseline
 
+
+
+def test_retiming_rounds_fill_the_time_asked_for_within_bounds():
+    from search.benchmarks.efficiency import MAX_ROUNDS, MIN_ROUNDS, half_drift, retime_rounds
+
+    assert retime_rounds(13, 180) == MAX_ROUNDS  # MiniLM's dozen graphs: many rounds fit
+    assert retime_rounds(320, 180) == MIN_ROUNDS  # digits' hundreds: the floor
+    assert MIN_ROUNDS < retime_rounds(60, 180) < MAX_ROUNDS
+    # The halves are the earlier and the later rounds: a graph that got 20% slower midway reads 0.2.
+    assert half_drift([10.0] * 6 + [12.0] * 6) == pytest.approx(2 / 11)
+    assert half_drift([10.0, 11.0] * 6) == 0.0
