@@ -10,8 +10,10 @@ pruning 0.2 -> 0.55 -> 0.7 -> 0.8 -> 0.85 -> 0.9; layers kept 5 -> 4 -> 3. A pus
 quality to spare is pushed again; the ladder stops at the first push that does not, at the
 space's hardest cut, or at the budget. A push of an unquantized anchor takes the space's first
 standard quantization (int8 per-channel), like a follow-up trained longer (search/reuse.py), so
-every step is itself a candidate for the front; its student gets variants and a follow-up
-trained longer as any promising student does.
+every step is itself a candidate for the front; unless the study measured that quantization alone no
+faster than the baseline (the digits MLP on every CPU measured): then the ladder climbs unquantized
+and each rung's int8 variant is its size point (`search.reuse.standard_is_slower`). Its student gets
+variants and a follow-up trained longer as any promising student does.
 
 The ladder goes on through training, as an expert's would: a push that fails but is promising gets
 its follow-up trained twice as long (search/reuse.py), and when that follow-up leaves quality to spare
@@ -35,7 +37,7 @@ any trial, and are queued under the study's budget lock. `guide: {push_cuts: fal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -71,9 +73,10 @@ def harder(dist: BaseDistribution, value: float, way: str) -> float | None:
     return min(beyond, key=lambda v: (round(abs(v - middle), 9), v if way == "up" else -v))
 
 
-def push_params(parent: FrozenTrial, space: SearchSpace) -> dict[str, Any] | None:
+def push_params(parent: FrozenTrial, space: SearchSpace, trials: Sequence[FrozenTrial] = ()) -> dict[str, Any] | None:
     """The complete params of `parent` with every cut it makes pushed harder (`harder`), quantized like
-    a follow-up (`search.reuse.quantized`); None when it cuts nothing or every cut is the hardest."""
+    a follow-up (`search.reuse.quantized`, which reads the study's `trials`); None when it cuts nothing or
+    every cut is the hardest."""
     techniques = [REGISTRY.named(step.type) for step in space.sample(FixedTrial(parent.params)).steps]
     params, pushed = dict(parent.params), False
     for technique in techniques:
@@ -86,7 +89,7 @@ def push_params(parent: FrozenTrial, space: SearchSpace) -> dict[str, Any] | Non
             value = harder(parent.distributions[name], params[name], way)
             if value is not None:
                 params[name], pushed = value, True
-    return quantized(params, techniques, space) if pushed else None
+    return quantized(params, techniques, space, trials) if pushed else None
 
 
 def on_ladder(trial: FrozenTrial, trials: Mapping[int, FrozenTrial]) -> bool:
@@ -170,7 +173,7 @@ def enqueue_push(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, b
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if not wants_push(parent, space.max_quality_drop, trials):
         return False
-    params = push_params(parent, space)
+    params = push_params(parent, space, list(trials.values()))
     return params is not None and enqueue_follow_up(study, parent, params, PUSHED_ATTR, budget, storage)
 
 

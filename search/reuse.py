@@ -34,7 +34,8 @@ A promising parent whose student was cut (pruned, factorized, layers removed) an
 recovering technique (distillation) also gets one follow-up, queued after its variants: the same recipe
 with that training twice as long (`Technique.training_length`: distillation's `epochs`; or the longest
 the space allows when twice is beyond it), and the parent's quantization, or the space's first standard
-setting when the parent quantized nothing (`longer_params`; `guide: {train_longer: false}` turns it off).
+setting when the parent quantized nothing, unless the study measured that setting alone no faster than the
+baseline (`quantized`, `standard_is_slower`) (`longer_params`; `guide: {train_longer: false}` turns it off).
 Why: the sampler rarely draws the same cut twice with more training, and a cut is where more
 training pays: on MiniLM a 5-of-6-layer student + int8 distilled 1 epoch lost 0.19 on the selection
 split and 1.01 on the held-out sts2012-SMTnews; distilled 2 epochs (its follow-up), it gained 0.08 and
@@ -273,12 +274,13 @@ def enqueue_variants(study: optuna.Study, parent: FrozenTrial, space: SearchSpac
     return len(variants)
 
 
-def longer_params(parent: FrozenTrial, space: SearchSpace) -> dict[str, Any] | None:
+def longer_params(parent: FrozenTrial, space: SearchSpace, trials: Sequence[FrozenTrial] = ()) -> dict[str, Any] | None:
     """The complete params of `parent`'s follow-up: its cut student's recovery training twice as long
     (the recovering technique's `training_length`: the smallest allowed value at least twice the parent's,
     else the longest allowed), with the parent's other params, or the space's first standard setting
-    (`standard_settings`: int8 per-channel) when the parent quantized nothing. None when nothing was
-    cut, nothing recovers it, or the training is already the longest the space allows."""
+    (`standard_settings`: int8 per-channel) when the parent quantized nothing and the study's `trials` do
+    not show it slower (`quantized`). None when nothing was cut, nothing recovers it, or the training is
+    already the longest the space allows."""
     techniques = [REGISTRY.named(step.type) for step in space.sample(FixedTrial(parent.params)).steps]
     if not any(t.student and not t.recovers for t in techniques):
         return None  # nothing cut: nothing for longer training to win back
@@ -291,18 +293,50 @@ def longer_params(parent: FrozenTrial, space: SearchSpace) -> dict[str, Any] | N
         if not longer:
             return None
         doubled = [v for v in longer if v >= 2 * parent.params[name]]
-        return quantized({**parent.params, name: min(doubled) if doubled else max(longer)}, techniques, space)
+        return quantized({**parent.params, name: min(doubled) if doubled else max(longer)}, techniques, space, trials)
     return None
 
 
-def quantized(params: dict[str, Any], techniques: Sequence[Any], space: SearchSpace) -> dict[str, Any]:
+def quantized(params: dict[str, Any], techniques: Sequence[Any], space: SearchSpace,
+              trials: Sequence[FrozenTrial] = ()) -> dict[str, Any]:
     """`params` as they are, or, when their recipe (`techniques`) is a student alone (nothing quantized or
     shared), its student params with the space's first standard setting (`standard_settings`: int8
-    per-channel): a follow-up of an unquantized anchor is then itself a candidate for the front."""
+    per-channel): a follow-up of an unquantized anchor is then itself a candidate for the front. Except
+    where the study's `trials` show that setting alone no faster than the baseline (`standard_is_slower`):
+    then the follow-up stays as it is, the faster of the two, and the quantized one comes as its variant."""
     student, others = split_params(params)
-    if len(techniques) == sum(t.student for t in techniques):
+    if len(techniques) == sum(t.student for t in techniques) and not standard_is_slower(trials, space):
         others = next(iter(standard_settings(space)), others)
     return {**student, **others}
+
+
+LATENCY = 1  # the objectives' order: quality, latency, bytes (search/study/view.py OBJECTIVES)
+
+
+def standard_is_slower(trials: Sequence[FrozenTrial], space: SearchSpace) -> bool:
+    """Whether the space's first standard setting (int8 per-channel) applied alone to the baseline model (its
+    anchor, or a sampled trial with the same recipe) measured no faster than the baseline on the objective
+    profile, in this study.
+
+    Measured, not assumed: int8 makes MiniLM 1.4 to 2.2x faster, but the digits MLP (a few microseconds a
+    query) 1.3 to 1.7x slower on every CPU measured, where its quantize and dequantize cost more than the
+    int8 matmuls save. There a cut student's follow-ups and pushes quantized int8 land outside the latency
+    a user came for; unquantized they are the latency candidates, and each still gets the int8 variant that
+    is the size candidate (`variant_params`: the standard settings the student did not use)."""
+    standard = next(iter(standard_settings(space)), None)
+    base = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE
+                 and t.values), None)
+    if standard is None or base is None:
+        return False
+    for t in trials:
+        if t.state != TrialState.COMPLETE or not t.values or t.user_attrs.get("baseline"):
+            continue
+        if split_params(t.params)[1] != standard:
+            continue
+        steps = space.sample(FixedTrial(t.params)).steps
+        if steps and not any(REGISTRY.named(step.type).student for step in steps):
+            return t.values[LATENCY] >= base.values[LATENCY]
+    return False
 
 
 def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, budget: int, storage: str) -> bool:
@@ -313,7 +347,7 @@ def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace,
     if (not space.guide.train_longer or VARIANT_ATTR in attrs or LONGER_ATTR in attrs
             or not is_promising(parent, space.max_quality_drop)):
         return False
-    params = longer_params(parent, space)
+    params = longer_params(parent, space, study.get_trials(deepcopy=False))
     return params is not None and enqueue_follow_up(study, parent, params, LONGER_ATTR, budget, storage)
 
 

@@ -82,6 +82,35 @@ def test_a_pushed_anchor_keeps_its_recipe_cut_harder_and_int8_when_it_quantized_
     assert push_params(_trial(digits, 0.0, **{"prune.ratio": 0.9, "distill.epochs": 2}), digits) is None
 
 
+def test_the_ladder_stays_unquantized_where_the_study_measured_int8_alone_slower(digits) -> None:
+    """The digits MLP runs 1.3-1.7x slower in int8 on every CPU measured: a push (and a follow-up trained
+    longer) of an unquantized rung then stays unquantized; where int8 measured faster it takes int8."""
+    from search.reuse import longer_params, standard_is_slower
+
+    def measured(trial, latency: float, **attrs):
+        return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                         values=[0.9, latency, 100.0], user_attrs={**trial.user_attrs, **attrs})
+
+    fp32 = {f"quantize.bits.net.{i}": "fp32" for i in (0, 2, 4)}
+    off = {"prune.ratio": 0.0, "distill.epochs": 0}
+    base = measured(_trial(digits, 0.0, **off, **fp32), 1.0, baseline=True)
+    int8_alone = _trial(digits, 0.0, anchor="quantize", **off, **standard_settings(digits)[0])
+    anchor = _trial(digits, 0.0, anchor="prune", **{"prune.ratio": 0.2, "distill.epochs": 2, **fp32})
+    slower = [base, measured(int8_alone, 1.3), anchor]
+    faster = [base, measured(int8_alone, 0.5), anchor]
+    assert standard_is_slower(slower, digits) and not standard_is_slower(faster, digits)
+    assert not standard_is_slower([base, anchor], digits)  # not measured yet: int8, as before
+    # A cut that also quantizes is not quantization alone: it tells nothing about int8's own speed.
+    cut_int8 = _trial(digits, 0.0, **{"prune.ratio": 0.2, "distill.epochs": 2}, **standard_settings(digits)[0])
+    assert not standard_is_slower([base, measured(cut_int8, 1.3)], digits)
+
+    for follow_up in (push_params(anchor, digits, slower), longer_params(anchor, digits, slower)):
+        assert split_params(follow_up)[1] == split_params(anchor.params)[1]  # fp32, as the rung was
+        assert [s.type for s in digits.sample(FixedTrial(follow_up)).steps] == ["prune", "distill"]
+    for follow_up in (push_params(anchor, digits, faster), longer_params(anchor, digits, faster)):
+        assert split_params(follow_up)[1] == standard_settings(digits)[0]
+
+
 def test_only_a_feasible_anchor_or_push_with_half_the_drop_to_spare_is_pushed(digits) -> None:
     cut = {"prune.ratio": 0.2, "distill.epochs": 2}
     assert wants_push(_trial(digits, 0.97 - 0.96, anchor="prune", **cut), 0.02)  # half spare (0.010000000000000009)
