@@ -24,9 +24,10 @@ Each study times each trial once, when it runs; hours apart on a shared host, on
 timings can differ by 10-20%, and a curve would jump on a lucky timing. So after a workload's
 studies, every distinct graph behind its curves (each baseline and each feasible trial; identical
 files once) is timed again side by side, in one process, interleaved over as many rounds as
---retime-seconds (default 180) allows, at least 7 (`retime`), and the curves use those latencies,
-each run's against its own baseline. How far the graphs' medians moved between the first and the
-second half of the rounds is reported beside them: the noise left in the re-timing itself. The
+--retime-seconds (default 180) allows, at least 7 (`retime`), the baselines again after every 16
+graphs of a round, and the curves use those latencies, each graph divided by its own baseline timed
+seconds before and after it. How far the graphs' ratios moved between the first and the second half
+of the rounds is reported beside them: the noise left in the re-timing itself. The
 curves as the studies timed them stay in the CSV and in the table's last column; --no-retime
 skips the re-timing.
 
@@ -60,6 +61,7 @@ DROP_SCALE = 10.0  # x the allowed drop: the far edge of the box, as in the Mini
 TARGET = 0.9       # share of the best final hypervolume a method must reach
 RETIME_SECONDS = 180.0  # the side-by-side re-timing's time: as many rounds as fit, each graph's latency the
 MIN_ROUNDS, MAX_ROUNDS = 7, 101  # median over them; a few hundred graphs (digits) still get 7 rounds
+REFERENCE_EVERY = 16  # graphs between two timings of the baselines within a round of the re-timing
 
 
 def method_space(base_file: str, method: str) -> dict:
@@ -198,9 +200,9 @@ def retime_rounds(graphs: int, seconds: float) -> int:
 
 
 def half_drift(samples: list[float]) -> float:
-    """|median of the first half of a graph's samples - median of the second half| / its median: how far its
-    latency moved during the re-timing. The samples are in round order, the same count per round, so the
-    halves are the earlier and the later rounds."""
+    """|median of the first half of `samples` - median of the second half| / their median: how far a graph's
+    figure (its ratio to its baseline, one per round) moved during the re-timing. The samples are in round
+    order, the same count per round, so the halves are the earlier and the later rounds."""
     half = len(samples) // 2
     if half == 0:
         return 0.0
@@ -216,8 +218,11 @@ def retime(runs: list[Run], profile: Profile, feeds: Feeds, seconds: float = RET
     Why: the studies time each trial once, minutes or hours apart, and a single timing on a shared host
     is off by 10-20% now and then; a curve then jumps when a lucky timing of an earlier graph comes up
     again. Identical files (the same student and quantization reached twice) are timed once, so they
-    get one latency. A point whose file is gone keeps its study timing, scaled by its baseline's ratio
-    of re-timed to study latency; `retime` counts those."""
+    get one latency. Within a round the baselines are timed again after every REFERENCE_EVERY graphs, and
+    a graph's ratio to its baseline is taken per round against the baseline turns just before and after
+    it, then the median over rounds: with hundreds of graphs a round lasts half a minute, and a ratio of
+    two timings that far apart carries the host's drift. A point whose file is gone keeps its study
+    timing, scaled by its baseline's ratio of re-timed to study latency; `retime` counts those."""
     import hashlib
 
     from hardware.agent import ort_session
@@ -241,25 +246,64 @@ def retime(runs: list[Run], profile: Profile, feeds: Feeds, seconds: float = RET
                 hash_of[step.model] = h = digest(step.model)
                 by_hash.setdefault(h, step.model)
     rounds = rounds or retime_rounds(len(by_hash), seconds)
-    say(f"re-timing {len(by_hash)} distinct graphs ({len(hash_of)} files) side by side, {rounds} rounds")
-    sessions = [ort_session(str(m), profile.provider, profile.options, profile.threads, profile.graph_optimization)
-                for m in by_hash.values()]
-    samples = interleaved_samples([lambda s=s: s.run(None, feeds) for s in sessions], rounds)
-    p50 = {h: statistics.median(ms) for h, ms in zip(by_hash, samples, strict=True)}
-    drifts = [half_drift(ms) for ms in samples]
+    bases = list(dict.fromkeys(hash_of[r.base.model] for r in runs if r.base is not None and r.base.model in hash_of))
+    others = [h for h in by_hash if h not in bases]
+    # One round's turns: the baselines, REFERENCE_EVERY graphs, the baselines again, ... and the baselines
+    # last. Each graph is then divided by baseline timings taken seconds before and after it in the same
+    # round, not up to a whole round away (half a minute with a few hundred digits graphs, where a graph's
+    # median moved 12% between the halves of a 7-round re-timing).
+    order: list[str] = []
+    for i in range(0, len(others), REFERENCE_EVERY):
+        order += bases + others[i:i + REFERENCE_EVERY]
+    order += bases
+    say(f"re-timing {len(by_hash)} distinct graphs ({len(hash_of)} files) side by side, {rounds} rounds, "
+        f"the {len(bases)} baseline(s) again after every {REFERENCE_EVERY} graphs")
+    sessions = {h: ort_session(str(by_hash[h]), profile.provider, profile.options, profile.threads,
+                               profile.graph_optimization) for h in by_hash}
+    samples = interleaved_samples([lambda s=sessions[h]: s.run(None, feeds) for h in order], rounds)
+    per_round = [_round_medians(ms, rounds) for ms in samples]  # per turn of `order`: one median per round
+    p50 = {h: statistics.median([m for k, turn in enumerate(order) if turn == h for m in per_round[k]])
+           for h in by_hash}
+
+    def ratio_to(base: str) -> dict[str, float]:
+        """Every graph's latency / `base`'s, per round against the mean of the two baseline turns around it,
+        the median over rounds (and over groups, for another baseline); with each graph's drift."""
+        ratios: dict[str, list[float]] = {h: [] for h in by_hash}
+        refs = [k for k, turn in enumerate(order) if turn == base]
+        for k, turn in enumerate(order):
+            before = max((j for j in refs if j <= k), default=refs[0])
+            after = min((j for j in refs if j >= k), default=refs[-1])
+            for r in range(rounds):
+                ratios[turn].append(per_round[k][r] / ((per_round[before][r] + per_round[after][r]) / 2))
+        for h, values in ratios.items():
+            drift[(base, h)] = half_drift(values)
+        return {h: statistics.median(values) for h, values in ratios.items()}
+
+    drift: dict[tuple[str, str], float] = {}
+    ratios = {b: ratio_to(b) for b in bases}
+    drifts = [d for (b, h), d in drift.items() if h != b]
     missing = 0
     for r in runs:
         if r.base is None or r.base.model not in hash_of:
             continue  # no baseline file: the run keeps its study timings
-        scale = p50[hash_of[r.base.model]] / r.base.latency_ms
+        base = hash_of[r.base.model]
+        scale = p50[base] / r.base.latency_ms
 
-        def latency_of(step: Step, scale=scale) -> float:
-            return p50[hash_of[step.model]] if step.model in hash_of else step.latency_ms * scale
+        def latency_of(step: Step, scale=scale, base=base) -> float:
+            if step.model in hash_of:
+                return p50[base] * ratios[base][hash_of[step.model]]
+            return step.latency_ms * scale
 
         missing += sum(1 for s in r.steps if s.loss is not None and s.model not in hash_of)
         r.hv, r.retimed = _curve(r, latency_of), True
     return {"graphs": len(by_hash), "files": len(hash_of), "rounds": rounds, "not_retimed": missing,
             "drift_median": statistics.median(drifts) if drifts else 0.0, "drift_max": max(drifts, default=0.0)}
+
+
+def _round_medians(samples: list[float], rounds: int) -> list[float]:
+    """The median of each round's queries: `samples` holds the same count per round, in round order."""
+    n = len(samples) // rounds
+    return [statistics.median(samples[r * n:(r + 1) * n]) for r in range(rounds)]
 
 
 def reach(run: Run, target: float) -> tuple[int | None, float | None]:
@@ -469,10 +513,11 @@ def main(argv: list[str] | None = None) -> int:
             info = retime(mine, *objective_timing(spaces_dir / f"{workload}-{methods[0]}.yaml", results_dir),
                           seconds=args.retime_seconds)
             retimings[workload] = (f"{info['graphs']} distinct graphs ({info['files']} files) timed side by side, "
-                                   f"{info['rounds']} rounds; a graph's median moved {100 * info['drift_median']:.1f}% "
-                                   f"(median over graphs; at most {100 * info['drift_max']:.1f}%) between the first "
-                                   f"and the second half of the rounds; {info['not_retimed']} feasible points whose "
-                                   "file was gone kept their study timing")
+                                   f"{info['rounds']} rounds; a graph's ratio to its baseline moved "
+                                   f"{100 * info['drift_median']:.1f}% (median over graphs; at most "
+                                   f"{100 * info['drift_max']:.1f}%) between the first and the second half of the "
+                                   f"rounds; {info['not_retimed']} feasible points whose file was gone kept their "
+                                   "study timing")
     env = environment()
     context = {"seeds per method": str(args.seeds), "methods": ", ".join(methods),
                **{k: str(env[k]) for k in ("cpu", "onnxruntime", "torch", "optuna") if k in env},
