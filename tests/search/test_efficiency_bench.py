@@ -138,7 +138,8 @@ def test_retiming_times_each_distinct_graph_once_side_by_side(tmp_path):
     import numpy as np
 
     from hardware.base import Profile
-    from search.benchmarks.efficiency import Step, _curve, retime
+    from search.benchmarks.curves import Step, curve
+    from search.benchmarks.retime import retime
 
     big = _mlp(tmp_path / "big.onnx", (64, 1024, 1024, 8))
     small = _mlp(tmp_path / "small.onnx", (64, 16, 8))
@@ -150,7 +151,7 @@ def test_retiming_times_each_distinct_graph_once_side_by_side(tmp_path):
                  Step(None, 0.01, small),                        # infeasible: not timed, adds nothing
                  Step((0.1, 0.5), 0.3, twin),                    # the same graph, timed luckily fast
                  Step((0.2, 0.4), 0.5, tmp_path / "gone.onnx")]  # its file was deleted
-    run.hv = run.hv_search = _curve(run, lambda s: s.latency_ms)
+    run.hv = run.hv_search = curve(run, lambda s: s.latency_ms)
     assert run.hv_search[3] > run.hv_search[1]  # the study's timings: the twin looks like progress
 
     profile = Profile(name="t", backend="onnxruntime", threads=1)
@@ -167,7 +168,7 @@ def test_retiming_times_each_distinct_graph_once_side_by_side(tmp_path):
 
 
 def test_retiming_rounds_fill_the_time_asked_for_within_bounds():
-    from search.benchmarks.efficiency import MAX_ROUNDS, MIN_ROUNDS, half_drift, retime_rounds
+    from search.benchmarks.retime import MAX_ROUNDS, MIN_ROUNDS, half_drift, retime_rounds
 
     assert retime_rounds(13, 180) == MAX_ROUNDS  # MiniLM's dozen graphs: many rounds fit
     assert retime_rounds(320, 180) == MIN_ROUNDS  # digits' hundreds: the floor
