@@ -209,7 +209,8 @@ def run_one_trial(study: optuna.Study, objective: Objective, options: RunOptions
         with warnings.catch_warnings():
             # Optuna's heartbeat is meant for Study.optimize; this loop beats itself (start_heartbeat).
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = ask_next(study)  # a cached student's variants before the rest of the queue (search/queue.py)
+            # Variants first, a quantization the study measured slower last (search/queue.py)
+            trial = ask_next(study, objective.space)
         trial.set_user_attr("worker", WORKER)
     heartbeat = start_heartbeat(study, trial)
     try:

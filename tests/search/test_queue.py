@@ -49,3 +49,41 @@ def test_a_variant_another_worker_took_is_not_run_twice(tmp_path: Path) -> None:
     assert first.suggest_float("x", 0.0, 10.0) == 3.0 and second.suggest_float("x", 0.0, 10.0) == 1.0
     states = {t.number: t.state for t in mine.get_trials(deepcopy=False)}
     assert states == {0: TrialState.RUNNING, 1: TrialState.RUNNING}
+
+
+def test_where_int8_alone_measured_slower_an_int8_variant_runs_after_the_rest_of_the_queue(tmp_path: Path) -> None:
+    """The digits MLP runs slower in int8: a student's int8 variant waits until the unquantized rungs
+    queued after it have run; where int8 measured faster (or not yet), variants still go first."""
+    from search.reuse import standard_settings
+    from search.space import load_space
+
+    digits = load_space(Path(__file__).resolve().parents[2] / "spaces" / "digits.yaml", tmp_path / "models")
+    fp32 = {f"quantize.bits.net.{i}": "fp32" for i in (0, 2, 4)}
+    off = {"prune.ratio": 0.0, "distill.epochs": 0}
+    cut = {"prune.ratio": 0.2, "distill.epochs": 2, "distill.temperature": 2.0}
+    int8 = standard_settings(digits)[0]
+
+    def study_with(int8_latency: float | None) -> optuna.Study:
+        study = optuna.create_study(study_name=f"q{int8_latency}", storage=f"sqlite:///{tmp_path / 'q.db'}",
+                                    directions=["maximize", "minimize", "minimize"])
+        for params, latency, attrs in (({**off, **fp32}, 1.0, {"baseline": True}),
+                                       ({**off, **int8}, int8_latency, {"anchor": "quantize"})):
+            if latency is None:
+                continue
+            study.enqueue_trial(params, user_attrs=attrs)
+            trial = study.ask()
+            digits.sample(trial)
+            study.tell(trial, [0.95, latency, 1000.0])
+        study.enqueue_trial({**cut, **int8}, user_attrs={VARIANT_ATTR: 1})  # the student's size point
+        study.enqueue_trial({**cut, "prune.ratio": 0.55, **fp32}, user_attrs={"pushed_from": 1})
+        return study
+
+    def first_fixed(study: optuna.Study) -> dict:
+        trial = ask_next(study, digits)
+        return study.trials[trial.number].system_attrs["fixed_params"]
+
+    slower = study_with(1.4)
+    assert first_fixed(slower)["prune.ratio"] == 0.55  # the unquantized push first
+    assert first_fixed(slower)["quantize.bits.net.0"] == "int8"  # the variant when nothing else waits
+    for study in (study_with(0.6), study_with(None)):
+        assert first_fixed(study)["quantize.bits.net.0"] == "int8"  # faster, or not measured: variants first
