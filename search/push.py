@@ -12,7 +12,8 @@ space's hardest cut, or at the budget. A push of an unquantized anchor takes the
 standard quantization (int8 per-channel), like a follow-up trained longer (search/reuse.py), so
 every step is itself a candidate for the front; unless the study measured that quantization alone no
 faster than the baseline (the digits MLP on every CPU measured): then the ladder climbs unquantized
-and each rung's int8 variant is its size point (`search.reuse.standard_is_slower`). Its student gets
+and each rung's int8 variant is its size point (`search.reuse.standard_is_slower`), run once nothing else
+waits (search/queue.py). Its student gets
 variants and a follow-up trained longer as any promising student does.
 
 The ladder goes on through training, as an expert's would: a push that fails but is promising gets

@@ -13,7 +13,9 @@ completes that
   callback, search/follow_ups.py; a beaten student gets no follow-up trained longer either),
 
 variants of it are enqueued at once (they run next, ahead of the anchors and follow-ups queued before
-them, search/queue.py, and so before another student is trained; a cut student over the allowed drop
+them, search/queue.py, and so before another student is trained; except a variant quantized with the
+standard setting the study measured slower than the baseline, which runs after every other waiting
+trial, `search.queue.run_order`; a cut student over the allowed drop
 that is trained longer waits for that follow-up: `trains_longer_first`): as many as
 `guide.reuse_students` says, or with `true` one per standard setting the parent did not use, at
 least one (`Guide.variants_for`). A variant fixes the Optuna params of the student techniques to the parent's,
