@@ -9,7 +9,7 @@ cached student and costs seconds. `ask_next` pops the variants first: the quanti
 student are tried before another student is trained, and the front they bring arrives trials earlier.
 
 Except where the study measured the space's first standard setting (int8 per-channel) alone no faster
-than the baseline (`standard_is_slower`: the digits MLP, where int8 costs 1.3 to 1.7x fp32's time):
+than the baseline (`standard_is_slower`: the digits MLP, where int8 costs 1.3 to 2.2x fp32's time):
 a waiting trial whose quantization is exactly that setting (a student's int8 variant) then runs after
 every other waiting trial, so the unquantized rungs of a cut pushed harder, which are the latency
 candidates, come first, and each int8 variant, a size candidate outside the latency a user came for,

@@ -321,7 +321,7 @@ def standard_is_slower(trials: Sequence[FrozenTrial], space: SearchSpace) -> boo
     profile, in this study.
 
     Measured, not assumed: int8 makes MiniLM 1.4 to 2.2x faster, but the digits MLP (a few microseconds a
-    query) 1.3 to 1.7x slower on every CPU measured, where its quantize and dequantize cost more than the
+    query) 1.3 to 2.2x slower on every CPU measured, where its quantize and dequantize cost more than the
     int8 matmuls save. There a cut student's follow-ups and pushes quantized int8 land outside the latency
     a user came for; unquantized they are the latency candidates, and each still gets the int8 variant that
     is the size candidate (`variant_params`: the standard settings the student did not use)."""
