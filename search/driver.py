@@ -156,7 +156,29 @@ class Objective:
         else:
             spec = rejection.trial_spec(trial.study.user_attrs, baseline, self.space.guide.reject_early)
             result = self.runner.evaluate(recipe.to_json(), workdir, spec)
+        if baseline and "values" in result:
+            result["standard_probe"] = self._probe(trial.study, Path(trial.user_attrs["artifact_dir"]))
         return self._record(trial, result, baseline)
+
+    def _probe(self, study: optuna.Study, baseline_dir: Path) -> dict[str, Any] | None:
+        """The space's first standard quantization timed beside the baseline (search/standard_probe.py), when
+        the guide orders trials by it and the budget leaves an order to choose (more than one trial after the
+        baseline); a probe that fails is recorded and leaves the baseline as it is."""
+        from optuna.trial import FixedTrial
+
+        from search.reuse import standard_alone_params
+        from search.standard_probe import wanted
+
+        if study.user_attrs.get("budget", 3) <= 2:
+            return None
+        params = standard_alone_params(self.space) if wanted(self.space) else None
+        if params is None:
+            return None
+        recipe = self.space.sample(FixedTrial(params))
+        try:
+            return self.runner.probe(recipe.to_json(), baseline_dir / "standard-probe", baseline_dir)
+        except TrialFailure as exc:
+            return {"failed": str(exc), "recipe": recipe.summary()}
 
     def _record(self, trial: optuna.Trial, result: dict[str, Any], baseline: bool) -> tuple[float, float, float]:
         if "rejected" in result:  # stopped at its proxy: raises TrialPruned, told as PRUNED
@@ -165,7 +187,7 @@ class Objective:
         if not all(math.isfinite(v) for v in values):
             raise TrialFailure(f"not a number: the trial produced non-finite objective values {values}")
         for key in ("metrics", "kernels", "environment", "environments", "layers_fallback", "timings", "proxy",
-                    "proxy_drop"):
+                    "proxy_drop", "standard_probe"):
             if result.get(key) is not None:
                 trial.set_user_attr(key, result[key])
         for key, value in (result.get("student") or {}).items():  # student_key, student_cached, student_from
@@ -266,6 +288,16 @@ def _enqueue_anchors(study: optuna.Study, space: SearchSpace, budget: int, say: 
         say(f"anchors: {len(labels)} standard recipe(s) of this space run first: {'; '.join(labels)}")
 
 
+def _say_probe(study: optuna.Study, say: Callable[[str], None]) -> None:
+    """What the baseline's probe found (search/standard_probe.py), when it took one."""
+    from search.standard_probe import ATTR, describe
+
+    base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")
+                 and t.state == TrialState.COMPLETE), None)
+    if base is not None and base.user_attrs.get(ATTR):
+        say(describe(base.user_attrs[ATTR]))
+
+
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -342,6 +374,8 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                 if base.state == TrialState.FAIL:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
+            if coordinator:
+                _say_probe(study, progress.say)
             if coordinator and space.guide.anchors:
                 _enqueue_anchors(study, space, options.trials, progress.say)
             if coordinator and options.workers > 1:

@@ -63,6 +63,8 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from search.budget import used as budget_used
 from search.recovery import budget_lock
+from search.standard_probe import ATTR as PROBE_ATTR
+from search.standard_probe import is_slower
 from search.techniques import REGISTRY
 
 if TYPE_CHECKING:
@@ -213,6 +215,22 @@ def standard_settings(space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
+def standard_alone_params(space: SearchSpace) -> dict[str, Any] | None:
+    """The params of the anchor that applies the space's first standard setting alone to the baseline model
+    (no student step), or None when the space has no such anchor: what search/standard_probe.py times beside
+    the baseline."""
+    from search.anchors import study_anchors
+
+    standard = next(iter(standard_settings(space)), None)
+    if standard is None:
+        return None
+    for anchor in study_anchors(space):
+        steps = space.sample(FixedTrial(anchor.params)).steps
+        if split_params(anchor.params)[1] == standard and not any(REGISTRY.named(s.type).student for s in steps):
+            return anchor.params
+    return None
+
+
 def unused_standard(parent: FrozenTrial, standard: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The `standard` settings (`standard_settings`) that differ from `parent`'s own."""
     others = split_params(parent.params)[1]
@@ -318,7 +336,8 @@ LATENCY = 1  # the objectives' order: quality, latency, bytes (search/study/view
 def standard_is_slower(trials: Sequence[FrozenTrial], space: SearchSpace) -> bool:
     """Whether the space's first standard setting (int8 per-channel) applied alone to the baseline model (its
     anchor, or a sampled trial with the same recipe) measured no faster than the baseline on the objective
-    profile, in this study.
+    profile, in this study; until such a trial has run, what the baseline's probe found (timed beside it:
+    search/standard_probe.py), and False without either.
 
     Measured, not assumed: int8 makes MiniLM 1.4 to 2.2x faster, but the digits MLP (a few microseconds a
     query) 1.3 to 2.2x slower on every CPU measured, where its quantize and dequantize cost more than the
@@ -338,7 +357,7 @@ def standard_is_slower(trials: Sequence[FrozenTrial], space: SearchSpace) -> boo
         steps = space.sample(FixedTrial(t.params)).steps
         if steps and not any(REGISTRY.named(step.type).student for step in steps):
             return t.values[LATENCY] >= base.values[LATENCY]
-    return False
+    return bool(is_slower(base.user_attrs.get(PROBE_ATTR)))
 
 
 def enqueue_longer(study: optuna.Study, parent: FrozenTrial, space: SearchSpace, budget: int, storage: str) -> bool:

@@ -73,6 +73,10 @@ def _serve(space: SearchSpace, cache_dir: str, conn: Connection) -> None:
 
                 result = study_sensitivity(space, task, model, Path(cache_dir).parent.parent,
                                            students.identity(model) if students else None)
+            elif message[0] == "probe":  # ("probe", recipe, workdir, baseline artifact dir)
+                from search.standard_probe import time_beside_baseline
+
+                result = time_beside_baseline(space, task, model, message[1], Path(message[2]), Path(message[3]))
             else:
                 # ("eval", recipe, workdir, rejection spec): search/rejection.py, None = no proxy
                 _, recipe_json, workdir, rejection = message
@@ -119,6 +123,11 @@ class TrialRunner:
         """The space's per-layer sensitivity table (search/sensitivity.py), measured in the trial process
         (which holds the model) under the same limits as a trial, or read from its cache."""
         return self._ask(("sensitivity",))
+
+    def probe(self, recipe_json: str, workdir: Path, baseline_dir: Path) -> dict[str, Any]:
+        """The standard recipe's latency beside the baseline's (search/standard_probe.py), measured in the
+        trial process under the same limits as a trial; raises TrialFailure with the reason if it fails."""
+        return self._ask(("probe", recipe_json, str(workdir), str(baseline_dir)))
 
     def evaluate_report(self, artifact_dir: Path) -> dict[str, Any] | None:
         """The report-split quality of the artifact in `artifact_dir` ({"quality", "per_file"}), or None

@@ -135,7 +135,7 @@ def search_points(space_file: str, results_dir: Path, study: str | None, trials:
 
 
 def measure(points: list[Point], query: dict[str, np.ndarray], rounds: int, per_round: int) -> None:
-    from search.benchmarks.side_by_side import interleaved_samples
+    from hardware.side_by_side import interleaved_samples
 
     sessions = [session(p.path) for p in points]
     samples = interleaved_samples([lambda s=s: s.run(None, query) for s in sessions], rounds, per_round)

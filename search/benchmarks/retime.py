@@ -2,7 +2,7 @@
 
 A study times each trial once, when it runs; hours apart on a shared host, one graph's two timings can
 differ by 10-20%, and a hypervolume curve would jump on a lucky timing. `retime` times every distinct graph
-behind the curves again in one process, interleaved (search/benchmarks/side_by_side.py), each divided by
+behind the curves again in one process, interleaved (hardware/side_by_side.py), each divided by
 its own baseline timed seconds around it, and recomputes the curves (search/benchmarks/curves.py).
 """
 
@@ -37,7 +37,7 @@ def retime_rounds(graphs: int, seconds: float) -> int:
     """Rounds of the re-timing: as many as `seconds` holds at about ROUND_S per graph and round, within
     [MIN_ROUNDS, MAX_ROUNDS]. MiniLM's dozen graphs get the maximum (each about 10 s of queries); digits'
     few hundred get the minimum."""
-    from search.benchmarks.side_by_side import ROUND_S
+    from hardware.side_by_side import ROUND_S
 
     return max(MIN_ROUNDS, min(MAX_ROUNDS, int(seconds / (max(1, graphs) * ROUND_S))))
 
@@ -69,8 +69,8 @@ def retime(runs: list[Run], profile: Profile, feeds: Feeds, seconds: float = RET
     import hashlib
 
     from hardware.agent import ort_session
+    from hardware.side_by_side import interleaved_samples
     from hardware.sizes import artifact_files
-    from search.benchmarks.side_by_side import interleaved_samples
 
     def digest(path: Path) -> str:
         # The external-data file too, where the exporter wrote one: two students can share a graph file

@@ -164,6 +164,7 @@ class TrialView:
     proxy: float | None = None  # the task's cheap quality estimate (search/rejection.py)
     proxy_drop: float | None = None  # the baseline's proxy minus this one (a rejected trial's quality_drop too)
     hopeless_from: int | None = None  # rejected before training: the hopeless student it is harder than (hopeless.py)
+    standard_probe: dict[str, Any] | None = None  # the baseline's: int8 timed beside it (search/standard_probe.py)
 
     def flat_params(self) -> dict[str, Any]:
         out = dict(self.params)
@@ -247,6 +248,7 @@ def trial_view(trial: FrozenTrial, objective_names: tuple[str, ...]) -> TrialVie
         proxy=attrs.get("proxy"),
         proxy_drop=attrs.get("proxy_drop"),
         hopeless_from=attrs.get("hopeless_from"),
+        standard_probe=attrs.get("standard_probe"),
     )
 
 
@@ -369,7 +371,7 @@ class StudyView:
             "constraint": {"name": CONSTRAINT_KEY, "max_quality_drop": self.attrs.get("max_quality_drop")},
             "counts": self.counts(),
             "baseline": None if base is None else {"trial": base.number, "values": base.values,
-                                                   "metrics": base.metrics},
+                                                   "metrics": base.metrics, "standard_probe": base.standard_probe},
             "pareto": self.pareto_numbers(),
             "remeasured": self.attrs.get("remeasured"),  # end-of-study re-timing of the front (remeasure.py)
             # The baseline and front on the task's report split (report_split.py); None without one.
@@ -379,7 +381,8 @@ class StudyView:
                 "number": t.number, "state": t.state, "baseline": t.baseline, "recipe": t.recipe,
                 "recipe_hash": t.recipe_hash, "summary": t.summary, "params": t.params, "values": t.values,
                 "metrics": t.metrics, "quality_drop": t.quality_drop, "feasible": t.feasible,
-                "failure_reason": t.failure_reason, "duration_s": t.duration_s, "kernels": t.kernels,
+                "failure_reason": t.failure_reason, "start_ms": t.start_ms, "duration_s": t.duration_s,
+                "kernels": t.kernels,
                 "artifact_dir": t.artifact_dir, "student": t.student, "report": t.report,
                 "anchor": t.anchor, "variant_of": t.variant_of, "longer_of": t.longer_of, "pushed_from": t.pushed_from,
                 "stepped_back_from": t.stepped_back_from, "rejected": t.rejected, "hopeless_from": t.hopeless_from,
