@@ -2,7 +2,7 @@
 
     python -m search.benchmarks.efficiency [--workloads digits,minilm] [--trials digits=40,minilm=12]
         [--seeds 3] [--methods random,tpe,guided] [--results-dir results/efficiency-bench] [--out results/bench]
-        [--retime-seconds 180 | --no-retime]
+        [--retime-seconds 180 | --no-retime] [--no-run] [--earlier efficiency.csv ...]
 
 Each workload's own space file is run unchanged except for what the method is:
 
@@ -29,7 +29,13 @@ graphs of a round, and the curves use those latencies, each graph divided by its
 seconds before and after it. How far the graphs' ratios moved between the first and the second half
 of the rounds is reported beside them: the noise left in the re-timing itself. The
 curves as the studies timed them stay in the CSV and in the table's last column; --no-retime
-skips the re-timing.
+skips the re-timing. --no-run runs no trial: the tables, curves and re-timing of the studies already
+finished to their budget in --results-dir, the others left out and named (a run stopped in the morning,
+or one method given fewer seeds than the rest). --earlier reads the efficiency.csv of an earlier sitting
+whose studies are gone (another machine, a fresh checkout): each run in it (workload, method, seed) is
+taken as that sitting computed it, timings and re-timing included, and that study is not run again; so
+nine MiniLM studies (about 3 to 4 hours on 2 cores) can be spread over sittings. efficiency.md names
+the runs taken so, and which host timed each.
 
 Hypervolume uses the normalisation of the MiniLM benchmark: quality drop / (10 x the space's
 allowed drop), latency / the study's own baseline latency, bytes / baseline bytes, reference
@@ -91,6 +97,48 @@ def run_study(space_file: Path, study: str, trials: int, seed: int, results_dir:
                  "--results-dir", str(results_dir), "--no-remeasure", "--quiet"])
     if code != 0:
         raise SystemExit(f"study {study} failed with exit status {code}")
+
+
+CSV_COLUMNS = ["workload", "method", "seed", "trials", "seconds", "hypervolume", "hypervolume_study_timing",
+               "retimed", "host", "rejected"]
+
+
+def earlier_runs(path: Path) -> dict[tuple[str, str, int], Run]:
+    """The runs an earlier sitting wrote to `path` (its efficiency.csv), keyed (workload, method, seed),
+    their curves as that sitting computed them."""
+    runs: dict[tuple[str, str, int], Run] = {}
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SystemExit(f"--earlier {path}: not an efficiency.csv (missing columns {missing})")
+            for row in reader:
+                key = (row["workload"], row["method"], int(row["seed"]))
+                run = runs.setdefault(key, Run(*key, host=row["host"], retimed=row["retimed"] == "True",
+                                               rejected=int(row["rejected"])))
+                run.trials.append(int(row["trials"]))
+                run.seconds.append(float(row["seconds"]))
+                run.hv.append(float(row["hypervolume"]))
+                run.hv_search.append(float(row["hypervolume_study_timing"]))
+    except OSError as exc:
+        raise SystemExit(f"--earlier {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise SystemExit(f"--earlier {path}: a row is not a number where one is expected ({exc})") from None
+    return runs
+
+
+def finished_to_budget(study_name: str, storage: str, budget: int) -> bool:
+    """Whether the study exists and has run its whole budget (search/budget.py: interrupted trials are free)."""
+    import optuna
+
+    from search.budget import counts
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return False
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished() and counts(t)) >= budget
 
 
 def hypervolume_curve(study_name: str, storage: str, max_drop: float, run: Run) -> None:
@@ -203,12 +251,11 @@ def write(runs: list[Run], budgets: dict[str, int], out: Path, context: dict[str
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "efficiency.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["workload", "method", "seed", "trials", "seconds", "hypervolume", "hypervolume_study_timing",
-                         "retimed", "host"])
+        writer.writerow(CSV_COLUMNS)
         for r in runs:
             for count, seconds, hv, hv_search in zip(r.trials, r.seconds, r.hv, r.hv_search or r.hv, strict=True):
                 writer.writerow([r.workload, r.method, r.seed, count, round(seconds, 1), round(hv, 5),
-                                 round(hv_search, 5), r.retimed, r.host])
+                                 round(hv_search, 5), r.retimed, r.host, r.rejected])
     lines = ["# Search efficiency: random vs plain TPE vs guided", "",
              *[f"- {k}: {v}" for k, v in context.items()], ""]
     for workload, budget in budgets.items():
@@ -303,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"{MIN_ROUNDS} rounds, at most {MAX_ROUNDS}); default %(default)s")
     parser.add_argument("--no-retime", dest="retime", action="store_false",
                         help="keep each study's own single timings instead of timing every point again side by side")
+    parser.add_argument("--earlier", type=Path, action="append", default=[], metavar="CSV",
+                        help="an efficiency.csv of an earlier sitting: its runs are taken as they are and their "
+                             "studies not run again (repeatable)")
+    parser.add_argument("--no-run", dest="run", action="store_false",
+                        help="run no trial: report the studies already finished to their budget in --results-dir "
+                             "and name the ones left out")
     args = parser.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     methods = [m for m in args.methods.split(",") if m]
@@ -318,8 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     spaces_dir = results_dir / "spaces"
     spaces_dir.mkdir(parents=True, exist_ok=True)
     storage = default_storage(results_dir)
+    earlier: dict[tuple[str, str, int], Run] = {}
+    for path in args.earlier:
+        earlier.update(earlier_runs(path))
     runs = []
     retimings = {}
+    left_out = []  # --no-run: studies not finished to their budget
+    taken = []  # runs read from --earlier
     for workload in workloads:
         # Seed by seed, every method in turn: a run stopped early holds whole seeds of every method
         # (the same command again resumes each study where it stopped and skips finished ones), and
@@ -330,13 +388,21 @@ def main(argv: list[str] | None = None) -> int:
                 space_file = spaces_dir / f"{workload}-{method}.yaml"
                 space_file.write_text(yaml.safe_dump(data, sort_keys=False))
                 study = f"{workload}-{method}-s{seed}"
-                print(f"{study}: {budgets[workload]} trials", flush=True)
-                run_study(space_file, study, budgets[workload], seed, results_dir)
+                if (workload, method, seed) in earlier:
+                    taken.append(earlier[(workload, method, seed)])
+                    continue
+                if not args.run:
+                    if not finished_to_budget(study, storage, budgets[workload]):
+                        left_out.append(study)
+                        continue
+                else:
+                    print(f"{study}: {budgets[workload]} trials", flush=True)
+                    run_study(space_file, study, budgets[workload], seed, results_dir)
                 run = Run(workload, method, seed)
                 hypervolume_curve(study, storage, float(data["constraints"]["max_quality_drop"]), run)
                 runs.append(run)
-        if args.retime:
-            mine = [r for r in runs if r.workload == workload]
+        mine = [r for r in runs if r.workload == workload]
+        if args.retime and mine:
             info = retime(mine, *objective_timing(spaces_dir / f"{workload}-{methods[0]}.yaml", results_dir),
                           seconds=args.retime_seconds)
             retimings[workload] = (f"{info['graphs']} distinct graphs ({info['files']} files) timed side by side, "
@@ -345,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{100 * info['drift_max']:.1f}%) between the first and the second half of the "
                                    f"rounds; {info['not_retimed']} feasible points whose file was gone kept their "
                                    "study timing")
+    runs += taken  # after the re-timing: their graphs are gone, their curves are as their sitting wrote them
     env = environment()
     context = {"seeds per method": str(args.seeds), "methods": ", ".join(methods),
                **{k: str(env[k]) for k in ("cpu", "onnxruntime", "torch", "optuna") if k in env},
@@ -352,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
                **{f"re-timed ({w})": text for w, text in retimings.items()}}
     if not args.retime:
         context["re-timed"] = "no (--no-retime): the curves use each study's own single timings"
+    if taken:
+        context["runs from an earlier sitting (--earlier, as it timed and re-timed them)"] = ", ".join(
+            f"{r.workload} {r.method} s{r.seed}" for r in taken)
+    if left_out:
+        context["left out (--no-run: not finished to their budget)"] = ", ".join(left_out)
     print(write(runs, budgets, Path(args.out), context))
     return 0
 

@@ -176,3 +176,50 @@ def test_retiming_rounds_fill_the_time_asked_for_within_bounds():
     # The halves are the earlier and the later rounds: a graph that got 20% slower midway reads 0.2.
     assert half_drift([10.0] * 6 + [12.0] * 6) == pytest.approx(2 / 11)
     assert half_drift([10.0, 11.0] * 6) == 0.0
+
+
+def test_no_run_reports_only_studies_finished_to_their_budget(tmp_path, capsys):
+    """`--no-run`: no trial runs; a study is reported only when it ran its whole budget (interrupted trials
+    are free), and the ones left out are named in the table's header."""
+    from search.benchmarks.efficiency import finished_to_budget, main
+
+    storage = _study(tmp_path, [((0.9, 1.0, 100.0), -0.1, {"baseline": True}, "complete"),
+                                ((0.9, 0.8, 80.0), -0.1, {}, "complete")])
+    interrupted = optuna.load_study(study_name="s", storage=storage).ask()
+    interrupted.set_user_attr("failure_reason", "interrupted: stopped by Ctrl-C; retried on the next run")
+    interrupted.study.tell(interrupted, state=optuna.trial.TrialState.FAIL)
+    assert finished_to_budget("s", storage, 2) and not finished_to_budget("s", storage, 3)
+    assert not finished_to_budget("missing", storage, 1)
+
+    out = tmp_path / "out"
+    assert main(["--workloads", "digits", "--methods", "random,guided", "--seeds", "1", "--trials", "digits=2",
+                 "--results-dir", str(tmp_path / "results"), "--out", str(out), "--no-run", "--no-retime"]) == 0
+    text = (out / "efficiency.md").read_text()
+    assert "left out (--no-run: not finished to their budget): digits-random-s0, digits-guided-s0" in text
+    assert "digits-random-s0: 2 trials" not in capsys.readouterr().out  # nothing ran
+    assert not (tmp_path / "results" / "mlartifacts").exists()
+
+
+def test_runs_of_an_earlier_sitting_are_taken_from_its_csv_and_not_run_again(tmp_path, capsys):
+    """`--earlier efficiency.csv`: a benchmark spread over sittings whose studies are gone."""
+    from search.benchmarks.efficiency import earlier_runs, main, write
+
+    first = Run("digits", "guided", 0, trials=[1, 2], seconds=[3.0, 9.5], hv=[0.008, 0.05], rejected=1,
+                host="AMD EPYC (avx512_vnni)", hv_search=[0.008, 0.04], retimed=True)
+    write([first], {"digits": 2}, tmp_path / "sitting1", {})
+    read = earlier_runs(tmp_path / "sitting1" / "efficiency.csv")
+    assert read[("digits", "guided", 0)] == first  # every field the tables read comes back
+
+    out = tmp_path / "sitting2"
+    assert main(["--workloads", "digits", "--methods", "random,guided", "--seeds", "1", "--trials", "digits=2",
+                 "--results-dir", str(tmp_path / "results"), "--out", str(out), "--no-run", "--no-retime",
+                 "--earlier", str(tmp_path / "sitting1" / "efficiency.csv")]) == 0
+    text = (out / "efficiency.md").read_text()
+    assert "runs from an earlier sitting (--earlier, as it timed and re-timed them): digits guided s0" in text
+    assert "not finished to their budget): digits-random-s0" in text  # only the study no sitting ran
+    assert "| guided | 1 | 0.0500 |" in text and "AMD EPYC (avx512_vnni)" in text
+    assert earlier_runs(out / "efficiency.csv")[("digits", "guided", 0)] == first  # a third sitting reads it too
+
+    (tmp_path / "bad.csv").write_text("workload,method\ndigits,guided\n")
+    with pytest.raises(SystemExit, match=r"--earlier .*bad.csv: not an efficiency.csv \(missing columns"):
+        earlier_runs(tmp_path / "bad.csv")
