@@ -288,16 +288,6 @@ def _enqueue_anchors(study: optuna.Study, space: SearchSpace, budget: int, say: 
         say(f"anchors: {len(labels)} standard recipe(s) of this space run first: {'; '.join(labels)}")
 
 
-def _say_probe(study: optuna.Study, say: Callable[[str], None]) -> None:
-    """What the baseline's probe found (search/standard_probe.py), when it took one."""
-    from search.standard_probe import ATTR, describe
-
-    base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")
-                 and t.state == TrialState.COMPLETE), None)
-    if base is not None and base.user_attrs.get(ATTR):
-        say(describe(base.user_attrs[ATTR]))
-
-
 def _check_workers(options: RunOptions) -> None:
     if options.workers < 1:
         raise UserError(f"--workers must be >= 1, but got {options.workers}")
@@ -375,7 +365,9 @@ def run(space: SearchSpace, options: RunOptions) -> StudyView:
                     status = "FAILED"
                     raise RuntimeError(f"the baseline trial failed: {base.user_attrs.get('failure_reason')}")
             if coordinator:
-                _say_probe(study, progress.say)
+                from search.standard_probe import say_found
+
+                say_found(study, progress.say)
             if coordinator and space.guide.anchors:
                 _enqueue_anchors(study, space, options.trials, progress.say)
             if coordinator and options.workers > 1:

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import optuna
     from torch import nn
 
     from search.space import SearchSpace
@@ -96,3 +99,13 @@ def describe(probe: dict[str, Any]) -> str:
             else "trials quantized so keep their place in the queue")
     return (f"timed beside the baseline on {probe['profile']}: {probe['recipe']} at {probe['ratio']:.2f}x the "
             f"baseline's latency ({probe['latency_ms']:.3g} ms against {probe['baseline_latency_ms']:.3g} ms); {then}")
+
+
+def say_found(study: optuna.Study, say: Callable[[str], None]) -> None:
+    """Tell what the baseline's probe found (`describe`), when the study's baseline took one."""
+    from optuna.trial import TrialState
+
+    base = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")
+                 and t.state == TrialState.COMPLETE), None)
+    if base is not None and base.user_attrs.get(ATTR):
+        say(describe(base.user_attrs[ATTR]))
