@@ -54,7 +54,7 @@ def test_a_variant_another_worker_took_is_not_run_twice(tmp_path: Path) -> None:
 def _digits_queue(tmp_path: Path, int8_latency: float | None, probe: float | None = None):
     """A digits study whose baseline ran (latency 1.0; its probe's int8 ratio `probe`, if any) and, unless
     `int8_latency` is None, its int8 anchor; then a student's int8 variant queued before an unquantized push.
-    Returns the study, the space, and a function that pops the next trial and gives its fixed params."""
+    Returns a function that pops the next trial (in `ask_next` order) and gives its fixed params."""
     from search.reuse import standard_settings
     from search.space import load_space
     from search.standard_probe import ATTR
